@@ -1,0 +1,124 @@
+"""The camera backend interface: what the server, statistics and calibration may ask of a camera.
+
+A backend knows nothing of sockets. Calibration drives a camera only through this interface, so the same
+calibration code runs on the simulator, on the fake Picamera2 and on a real Pi.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .sensors import SensorInfo
+
+
+class CameraError(RuntimeError):
+    """The camera failed (no camera, busy, broken tuning, capture error); the message says which."""
+
+
+@dataclass
+class CapturedFrame:
+    """Pixels and metadata of ONE request: never mix a frame's pixels with another frame's metadata.
+
+    main: HxWx3 uint8 BGR (the ISP output, what gets JPEG-encoded).
+    raw: (h, w) uint16 Bayer mosaic, unpacked to the sensor's bit depth (LSB-aligned, padding removed).
+    metadata: libcamera names and units (ExposureTime µs, AnalogueGain, ColourGains (r, b),
+      SensorBlackLevels (R, Gr, Gb, B) on the 16-bit scale, SensorTimestamp ns on the monotonic clock,
+      FrameDuration µs, Lux, ColourTemperature, DigitalGain).
+    """
+
+    main: np.ndarray
+    raw: np.ndarray
+    metadata: dict[str, Any]
+    sequence: int
+    bayer_order: str  # "BGGR", "RGGB", "GRBG" or "GBRG": the colour of the 2x2 cell, row-major
+    bit_depth: int
+    black_level: int  # raw units at bit_depth (SensorBlackLevels >> (16 - bit_depth))
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LensShadingTable:
+    """A lens shading table the way libcamera's rpi.alsc takes it (row-major, `grid` = (columns, rows)).
+
+    luminance: gains ≥ 1 applied to all channels; cr, cb: red and blue gains relative to green, whose
+    absolute level libcamera moves into ColourGains (only their shape matters to the ISP).
+    """
+
+    grid: tuple[int, int]
+    luminance: np.ndarray  # shape (rows, columns)
+    cr: np.ndarray
+    cb: np.ndarray
+    colour_temperature: int = 5000
+
+    def channel_gains(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-cell gains for (R, G, B) as the ISP applies them: G = lum, R = lum·Cr, B = lum·Cb,
+        with Cr and Cb divided by their minimum as libcamera does."""
+        cr = self.cr / float(np.min(self.cr))
+        cb = self.cb / float(np.min(self.cb))
+        return self.luminance * cr, self.luminance, self.luminance * cb
+
+    @staticmethod
+    def flat(grid: tuple[int, int]) -> "LensShadingTable":
+        ones = np.ones((grid[1], grid[0]), dtype=np.float64)
+        return LensShadingTable(grid=grid, luminance=ones, cr=ones.copy(), cb=ones.copy(), colour_temperature=1234)
+
+
+class CameraBackend(abc.ABC):
+    """open → configure → start → capture … → stop → close. Thread-safe: `capture` runs on the capture
+    thread while `set_controls` may be called from another."""
+
+    name: str = "camera"
+
+    @property
+    @abc.abstractmethod
+    def sensor(self) -> SensorInfo:
+        """The sensor's facts (model, Bayer order, bit depth, black level, modes, delays, limits)."""
+
+    @abc.abstractmethod
+    def configure(self, size: tuple[int, int], fps: float, raw_size: tuple[int, int] | None = None) -> dict[str, Any]:
+        """Choose a sensor mode for a main stream of `size` (w, h) at `fps` (0: free-running, as fast as
+        possible); returns the configuration in force (main and raw sizes, mode, frame duration)."""
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def capture(self, timeout: float = 2.0) -> CapturedFrame:
+        """Block until the next frame; raise CameraError on failure or after `timeout` seconds."""
+
+    @abc.abstractmethod
+    def set_controls(self, controls: dict[str, Any]) -> None:
+        """Queue controls (libcamera names); they take effect after the sensor's delays, as on real hardware:
+        watch the metadata to know when."""
+
+    @abc.abstractmethod
+    def control_ranges(self) -> dict[str, tuple[Any, Any, Any]]:
+        """{name: (min, max, default)} for the configured mode, like picamera2's camera_controls."""
+
+    @abc.abstractmethod
+    def controls(self) -> dict[str, Any]:
+        """The controls last requested (not necessarily in force yet)."""
+
+    @abc.abstractmethod
+    def apply_lens_shading(self, table: LensShadingTable) -> None:
+        """Put a lens shading table in force (on a Pi: rewrite rpi.alsc and reopen the camera)."""
+
+    @property
+    def configuration(self) -> dict[str, Any]:
+        return {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
