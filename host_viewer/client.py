@@ -1,0 +1,358 @@
+"""Client library: connect to an agent, receive the newest frame, send commands, follow events.
+
+    with AgentClient("pi.local:5555") as client:
+        frame = client.wait_frame(timeout=5)
+        image = frame.decode()                       # BGR ndarray
+        client.command("set_controls", {"controls": {"ExposureTime": 10000}})
+
+One DEALER socket carries everything. An I/O thread owns it: it returns a credit for every frame it
+receives and keeps only the newest, so however slowly the application takes frames, the one it gets is
+fresh. It pings twice a second to estimate the clock offset (frame age across machines) and to notice a
+dead agent; after `silence_timeout` without a word it rebuilds the socket and says hello again.
+Commands carry an expiry, and with IMMEDIATE set nothing is queued for an agent that is not there.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import simplejpeg
+import zmq
+
+from protocol.address import parse_address, tcp_endpoint
+from protocol import (
+    MAX_INBOUND_TO_VIEWER, Bye, ClockOffset, Command, Credit, Error, ErrorCode, Event, Frame, Hello, Ping, Pong,
+    Progress, ProtocolError, Result, Sequencer, Welcome, clock_sample, decode, unpack_array,
+)
+
+log = logging.getLogger(__name__)
+
+CLIENT_NAME = "host-viewer 0.1.0"
+
+
+class CommandFailed(Exception):
+    """The agent answered a command with an error (or it could not be delivered / timed out)."""
+
+    def __init__(self, code: str, message: str, detail: dict | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.detail = detail or {}
+
+
+@dataclass
+class ReceivedFrame:
+    """A frame as received: JPEG bytes (decode on demand), metadata and raw statistics of its request."""
+
+    sequence: int
+    capture_ns: int  # agent clock
+    received_ns: int  # viewer clock
+    width: int
+    height: int
+    jpeg: bytes
+    metadata: dict
+    stats: dict
+    offset_ns: int  # agent clock minus viewer clock, as estimated when it arrived
+
+    def decode(self) -> np.ndarray:
+        return simplejpeg.decode_jpeg(self.jpeg, colorspace="BGR")
+
+    def age_ms(self, viewer_now_ns: int | None = None) -> float:
+        """Capture (agent clock) to `viewer_now_ns` (viewer clock, default now), corrected by the offset."""
+        now = time.monotonic_ns() if viewer_now_ns is None else viewer_now_ns
+        return (now + self.offset_ns - self.capture_ns) / 1e6
+
+    def histograms(self) -> np.ndarray | None:
+        """(4, bins) raw histograms of R, Gr, Gb, B, or None if the frame carries none."""
+        hist = self.stats.get("hist")
+        if hist is None:
+            return None
+        try:
+            return unpack_array(hist, "hist")
+        except ProtocolError:
+            return None
+
+
+@dataclass
+class PendingCommand:
+    id: int
+    name: str
+    future: Future
+    on_progress: Callable[[Progress], None] | None = None
+    progress: list = field(default_factory=list)
+
+
+class AgentClient:
+    """A connection to one agent. Thread-safe for the application; one internal I/O thread."""
+
+    def __init__(self, address: str, *, credit: int = 2, context: zmq.Context | None = None,
+                 silence_timeout: float = 1.5, ping_interval: float = 0.5, security=None,
+                 client_name: str = CLIENT_NAME, on_event: Callable[[Event], None] | None = None):
+        self.address = address
+        host, port = parse_address(address)
+        self.endpoint = tcp_endpoint(host, port)
+        self.credit = max(1, credit)
+        self._ctx = context or zmq.Context.instance()
+        self._silence_timeout = silence_timeout
+        self._ping_interval = ping_interval
+        self._security = security  # applies CURVE client options, or None for plain text
+        self._client_name = client_name
+        self._on_event = on_event
+        self._sequencer = Sequencer(time.monotonic_ns)
+        self._outbox: deque = deque()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, PendingCommand] = {}
+        self._lock = threading.Lock()
+        self._frame_cond = threading.Condition(self._lock)
+        self._latest: ReceivedFrame | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.clock = ClockOffset()
+        self.welcome: Welcome | None = None
+        self.state = "connecting"  # connecting, connected, reconnecting, refused, closed
+        self.state_detail = ""
+        self.events: deque[Event] = deque(maxlen=100)
+        self.errors: deque[Error] = deque(maxlen=100)
+        self.frames_received = 0
+        self.frames_dropped = 0  # gaps in the agent's frame numbers (frames not sent to us)
+        self.bytes_received = 0
+        self.reconnects = 0
+        self._last_sequence: int | None = None
+        self._welcome_event = threading.Event()
+
+    # lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> "AgentClient":
+        self._thread = threading.Thread(target=self._run, name=f"client-{self.address}", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.state = "closed"
+        with self._lock:
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for p in pending:
+            if not p.future.done():
+                p.future.set_exception(CommandFailed("closed", "the client was closed before a reply came"))
+
+    def __enter__(self) -> "AgentClient":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait_connected(self, timeout: float = 5.0) -> Welcome:
+        if not self._welcome_event.wait(timeout):
+            raise TimeoutError(f"no welcome from {self.address} within {timeout} s (state: {self.state})")
+        return self.welcome
+
+    # frames ------------------------------------------------------------------------------------------
+    def latest(self) -> ReceivedFrame | None:
+        with self._lock:
+            return self._latest
+
+    def wait_frame(self, timeout: float = 5.0, newer_than: int | None = None) -> ReceivedFrame:
+        """The newest frame, once there is one with a sequence above `newer_than`; TimeoutError otherwise."""
+        def ready() -> bool:
+            return self._latest is not None and (newer_than is None or self._latest.sequence > newer_than)
+
+        with self._frame_cond:
+            if not self._frame_cond.wait_for(ready, timeout):
+                raise TimeoutError(f"no new frame from {self.address} within {timeout} s (state: {self.state})")
+            return self._latest
+
+    # commands ----------------------------------------------------------------------------------------
+    def send_command(self, name: str, args: dict | None = None, *, ttl: float = 5.0,
+                     on_progress: Callable[[Progress], None] | None = None) -> PendingCommand:
+        """Send a command; the returned PendingCommand's future resolves to the Result's value dict or
+        raises CommandFailed. The command expires `ttl` seconds from now (on the agent's clock)."""
+        command_id = next(self._ids)
+        expires = self.clock.to_agent(time.monotonic_ns() + int(ttl * 1e9)) if self.clock.known else 0
+        pending = PendingCommand(id=command_id, name=name, future=Future(), on_progress=on_progress)
+        with self._lock:
+            self._pending[command_id] = pending
+        self._outbox.append(Command(id=command_id, name=name, args=args or {}, expires_ns=expires))
+        return pending
+
+    def command(self, name: str, args: dict | None = None, *, timeout: float = 5.0,
+                on_progress: Callable[[Progress], None] | None = None) -> dict:
+        """Send a command and wait for its final reply (value dict), raising CommandFailed on error."""
+        pending = self.send_command(name, args, ttl=timeout, on_progress=on_progress)
+        try:
+            return pending.future.result(timeout=timeout + 1.0)
+        except TimeoutError:
+            raise CommandFailed("timeout", f"no reply to {name} within {timeout} s") from None
+        finally:
+            with self._lock:
+                self._pending.pop(pending.id, None)
+
+    # the I/O thread ----------------------------------------------------------------------------------
+    def _make_socket(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue commands for an agent that is not there
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_TO_VIEWER)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
+        if self._security is not None:
+            self._security.apply_client(sock)
+        sock.connect(self.endpoint)
+        return sock
+
+    def _run(self) -> None:
+        sock = self._make_socket()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        last_heard = time.monotonic()
+        next_ping = 0.0
+        next_hello = 0.0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if self.welcome is None or self.state != "connected":
+                    if now >= next_hello:
+                        self._send(sock, Hello(versions=[1], client=self._client_name, credit=self.credit,
+                                               capabilities=["credit", "ping"]))
+                        next_hello = now + 0.25
+                elif now >= next_ping:
+                    self._send(sock, Ping(t0=time.monotonic_ns()))
+                    next_ping = now + self._ping_interval
+                while self._outbox:
+                    command = self._outbox.popleft()
+                    if not self._send(sock, command):
+                        self._fail(command.id, "not_connected",
+                                   f"not connected to {self.address}; {command.name} was not sent")
+                events = dict(poller.poll(20))
+                if events.get(sock):
+                    last_heard = time.monotonic()
+                    for _ in range(100):
+                        try:
+                            data = sock.recv(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._handle(sock, data)
+                if time.monotonic() - last_heard > self._silence_timeout:
+                    # Nothing heard: the agent died or restarted. A fresh socket and a new hello.
+                    if self.state == "connected":
+                        log.info("agent %s silent for %.1f s; reconnecting", self.address, self._silence_timeout)
+                    self.state = "reconnecting" if self.welcome is not None else "connecting"
+                    self.reconnects += 1
+                    poller.unregister(sock)
+                    sock.close(linger=0)
+                    sock = self._make_socket()
+                    poller.register(sock, zmq.POLLIN)
+                    last_heard = time.monotonic()
+                    next_hello = 0.0
+        finally:
+            try:
+                sock.send(self._sequencer.encode(Bye(reason="viewer closing")), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            sock.close(linger=0)
+
+    def _send(self, sock: zmq.Socket, message) -> bool:
+        try:
+            sock.send(self._sequencer.encode(message), zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            log.warning("send to %s failed: %s", self.address, exc)
+            return False
+
+    def _handle(self, sock: zmq.Socket, data: zmq.Frame) -> None:
+        received_ns = time.monotonic_ns()
+        self.bytes_received += len(data)
+        try:
+            envelope = decode(data.buffer, max_size=MAX_INBOUND_TO_VIEWER)
+        except ProtocolError as exc:
+            log.warning("bad message from agent %s: %s", self.address, exc.message)
+            return
+        message = envelope.message
+        if isinstance(message, Frame):
+            self._frame(sock, message, received_ns)
+        elif isinstance(message, Pong):
+            self.clock.add(clock_sample(message.t0, message.t1, received_ns))
+        elif isinstance(message, Welcome):
+            # The welcome's envelope time gives a first clock estimate (hello → welcome round trip).
+            self.welcome = message
+            self.state = "connected"
+            self.state_detail = ""
+            self._welcome_event.set()
+            self._send(sock, Ping(t0=time.monotonic_ns()))
+        elif isinstance(message, Result):
+            self._resolve(message.id, message.value, None)
+        elif isinstance(message, Error):
+            if message.code == ErrorCode.NO_SESSION:
+                self.state = "reconnecting"  # agent restarted: hello again at once
+            elif message.code == ErrorCode.VERSION:
+                self.state = "refused"
+                self.state_detail = message.message
+            if message.id is None:
+                self.errors.append(message)
+            else:
+                self._resolve(message.id, None, message)
+        elif isinstance(message, Progress):
+            with self._lock:
+                pending = self._pending.get(message.id)
+            if pending is not None:
+                pending.progress.append(message)
+                if pending.on_progress is not None:
+                    try:
+                        pending.on_progress(message)
+                    except Exception:
+                        log.exception("progress callback failed")
+        elif isinstance(message, Event):
+            self.events.append(message)
+            if self._on_event is not None:
+                try:
+                    self._on_event(message)
+                except Exception:
+                    log.exception("event callback failed")
+        elif isinstance(message, Bye):
+            self.state = "reconnecting"
+
+    def _frame(self, sock: zmq.Socket, message: Frame, received_ns: int) -> None:
+        self._send(sock, Credit(n=1))  # at once: the agent may send the next newest frame
+        frame = ReceivedFrame(
+            sequence=message.frame, capture_ns=message.capture_ns, received_ns=received_ns,
+            width=message.width, height=message.height, jpeg=message.jpeg, metadata=message.metadata,
+            stats=message.stats, offset_ns=self.clock.offset_ns,
+        )
+        with self._frame_cond:
+            if self._last_sequence is not None and frame.sequence > self._last_sequence + 1:
+                self.frames_dropped += frame.sequence - self._last_sequence - 1
+            self._last_sequence = frame.sequence  # (a restarted agent counts from 0 again)
+            self.frames_received += 1
+            self._latest = frame
+            self._frame_cond.notify_all()
+
+    def _resolve(self, command_id, value, error: Error | None) -> None:
+        with self._lock:
+            pending = self._pending.pop(command_id, None) if not isinstance(command_id, str) else None
+        if pending is None or pending.future.done():
+            return
+        if error is None:
+            pending.future.set_result(value)
+        else:
+            pending.future.set_exception(CommandFailed(error.code, error.message, error.detail))
+
+    def _fail(self, command_id: int, code: str, message: str) -> None:
+        with self._lock:
+            pending = self._pending.pop(command_id, None)
+        if pending is not None and not pending.future.done():
+            pending.future.set_exception(CommandFailed(code, message))

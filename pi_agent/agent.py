@@ -1,0 +1,99 @@
+"""The agent: a camera, the capture pipeline, the command router and the socket server, wired together."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from typing import Any
+
+from protocol import Event, Welcome
+from protocol.limits import PROTOCOL_VERSION
+
+from .camera.base import CameraBackend
+from .commands import AgentContext, CameraLease, CommandRouter
+from .pipeline import CapturePipeline
+from .server import AgentServer
+from .wire import plain
+
+log = logging.getLogger(__name__)
+
+SOFTWARE = "picamlink-agent 0.1.0"
+
+
+class Agent:
+    """Start with `start()`, stop with `stop()`; `port` is the bound port (handy with port 0 in tests)."""
+
+    def __init__(self, camera: CameraBackend, listen: str, *, size=(640, 480), fps: float = 30.0, quality: int = 80,
+                 name: str | None = None, security=None, session_timeout: float = 5.0, context=None):
+        self.camera = camera
+        self.size = tuple(size)
+        self.fps = fps
+        self.configuration = camera.configure(self.size, fps)
+        self.info = {
+            "name": name or socket.gethostname(),
+            "hostname": socket.gethostname(),
+            "software": SOFTWARE,
+            "instance": secrets.token_hex(6),
+            "pid": os.getpid(),
+            "camera": camera.name,
+        }
+        self.lease = CameraLease()
+        self.pipeline = CapturePipeline(camera, on_frame=self._on_frame, on_event=self._on_event, quality=quality)
+        self.context = AgentContext(camera=camera, pipeline=self.pipeline, lease=self.lease, info=self.info)
+        self.router = CommandRouter(self.context)
+        self.server = AgentServer(listen, self.router, self.welcome, security=security,
+                                  session_timeout=session_timeout, context=context)
+        self.context.viewers = lambda: self.server.viewer_count
+        self.port: int | None = None
+        self._stopped = threading.Event()
+
+    def welcome(self) -> Welcome:
+        sensor = self.camera.sensor
+        config = self.configuration
+        return Welcome(
+            version=PROTOCOL_VERSION,
+            agent=self.info,
+            sensor=plain({
+                "model": sensor.model,
+                "bayer_order": sensor.bayer_order,
+                "bit_depth": sensor.bit_depth,
+                "black_level": sensor.black_level,
+                "white_level": sensor.white_level,
+                "target_white_level": sensor.target_white_level,
+            }),
+            stream=plain({
+                "width": self.size[0], "height": self.size[1], "fps": self.fps,
+                "quality": self.pipeline.quality, **{k: v for k, v in config.items() if k not in ("width", "height")},
+            }),
+            modes=plain([{"size": m.size, "bit_depth": m.bit_depth, "fps_max": m.fps_max} for m in sensor.modes]),
+            capabilities=self.router.names,
+            controls=plain(self.camera.controls()),
+            control_ranges=plain(self.camera.control_ranges()),
+            calibration=plain(self.context.extra.get("calibration_state", lambda: {})()),
+        )
+
+    def _on_frame(self, frame) -> None:
+        self.server.publish(frame)
+
+    def _on_event(self, name: str, message: str, detail: dict[str, Any]) -> None:
+        self.server.broadcast(Event(name=name, message=message, detail=plain(detail)))
+
+    def start(self) -> int:
+        self.port = self.server.start()
+        self.pipeline.start()
+        return self.port
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.router.cancel_all()
+        self.pipeline.stop()
+        self.server.stop()
+        try:
+            self.camera.close()
+        except Exception:
+            log.exception("camera close failed")

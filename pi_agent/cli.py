@@ -1,0 +1,72 @@
+"""`pi-agent`: stream the camera (simulated by default when no Pi camera is present) to viewers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from .camera.factory import CAMERA_CHOICES, make_camera
+
+log = logging.getLogger("pi_agent")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, for example 640x480, not {text!r}") from None
+    if w <= 0 or h <= 0 or w % 2 or h % 2:
+        raise argparse.ArgumentTypeError(f"size {text} must be positive and even in both dimensions")
+    return w, h
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pi-agent", description=__doc__)
+    p.add_argument("--camera", default="auto", choices=CAMERA_CHOICES,
+                   help="camera backend; auto = picamera2 if a camera is present, else the simulator")
+    p.add_argument("--listen", default="127.0.0.1:5555", metavar="HOST:PORT",
+                   help="address to listen on (default 127.0.0.1:5555; 0.0.0.0:5555 for the network)")
+    p.add_argument("--size", type=parse_size, default=(640, 480), metavar="WxH", help="main stream size")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate (0 = as fast as possible)")
+    p.add_argument("--quality", type=int, default=80, help="JPEG quality 1-100")
+    sim = p.add_argument_group("simulated camera")
+    sim.add_argument("--sensor", default="imx219", help="imx219, imx477, imx708 or ov5647")
+    sim.add_argument("--scene", default="chart", help="chart, white or dark")
+    sim.add_argument("--colour-temperature", type=float, default=5000.0, metavar="K", help="illuminant, kelvin")
+    sim.add_argument("--seed", type=int, default=0, help="random seed (determinism)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not 1 <= args.quality <= 100:
+        print("pi-agent: --quality must be between 1 and 100", file=sys.stderr)
+        return 2
+    from .agent import Agent
+
+    try:
+        camera = make_camera(args.camera, sensor=args.sensor, scene=args.scene,
+                             colour_temperature=args.colour_temperature, seed=args.seed)
+        agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality)
+        port = agent.start()
+    except (ValueError, RuntimeError) as exc:
+        print(f"pi-agent: {exc}", file=sys.stderr)
+        return 2
+    log.info("streaming %s %dx%d at %g fps on port %d (Ctrl-C to stop)",
+             camera.sensor.model, args.size[0], args.size[1], args.fps, port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping")
+    agent.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Command dispatch: name → handler, and the basic commands (status, get_controls, set_controls, cancel).
+
+Every command gets exactly one final reply (Result or Error). A handler returns a dict for a quick reply,
+or starts a `Job` (a worker thread that sends Progress and then its own final reply) and returns None.
+Other modules add commands with `CommandRouter.register` (calibration, snapshot, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from protocol import Command, Error, ErrorCode, Message, Progress, Result
+
+from .camera.base import CameraBackend
+from .controls import validate_controls
+from .errors import CommandError
+from .pipeline import CapturePipeline
+from .wire import plain
+
+log = logging.getLogger(__name__)
+
+Reply = Callable[[Message], None]
+
+
+class CameraLease:
+    """Who may change camera controls: nobody special (None) or one running job (e.g. a calibration).
+
+    While a job holds the lease, other control commands get a clear "busy" error.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.holder: str | None = None
+
+    def acquire(self, holder: str) -> None:
+        with self._lock:
+            if self.holder is not None:
+                raise CommandError(ErrorCode.BUSY, f"the camera is busy: {self.holder} is running; cancel it or wait")
+            self.holder = holder
+
+    def release(self, holder: str) -> None:
+        with self._lock:
+            if self.holder == holder:
+                self.holder = None
+
+    def check_free(self) -> None:
+        holder = self.holder
+        if holder is not None:
+            raise CommandError(ErrorCode.BUSY, f"the camera is busy: {holder} is running; cancel it or wait")
+
+
+@dataclass
+class Job:
+    """A long command on its own thread: reports progress, can be cancelled, sends one final reply."""
+
+    command: Command
+    reply: Reply
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def progress(self, step: str, fraction: float, **detail: Any) -> None:
+        self.reply(Progress(id=self.command.id, step=step, fraction=float(fraction), detail=plain(detail)))
+
+    def check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise CommandError(ErrorCode.CANCELLED, f"{self.command.name} was cancelled")
+
+
+@dataclass
+class AgentContext:
+    """What command handlers may use."""
+
+    camera: CameraBackend
+    pipeline: CapturePipeline
+    lease: CameraLease
+    info: dict
+    viewers: Callable[[], int] = lambda: 0
+    started: float = field(default_factory=time.monotonic)
+    extra: dict = field(default_factory=dict)
+
+
+class CommandRouter:
+    def __init__(self, context: AgentContext):
+        self.context = context
+        self._handlers: dict[str, Callable[[Command, Reply], dict | None]] = {}
+        self._jobs: dict[Any, Job] = {}
+        self._jobs_lock = threading.Lock()
+        self.register("status", self._status)
+        self.register("get_controls", self._get_controls)
+        self.register("set_controls", self._set_controls)
+        self.register("cancel", self._cancel)
+
+    def register(self, name: str, handler: Callable[[Command, Reply], dict | None]) -> None:
+        self._handlers[name] = handler
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def handle(self, command: Command, reply: Reply) -> None:
+        """Run `command`; exactly one Result or Error reaches `reply` (now, or later from a Job)."""
+        handler = self._handlers.get(command.name)
+        if handler is None:
+            reply(Error(id=command.id, code=ErrorCode.UNKNOWN_COMMAND,
+                        message=f"unknown command {command.name[:40]!r}; known: {', '.join(self.names)}"))
+            return
+        try:
+            value = handler(command, reply)
+        except CommandError as exc:
+            reply(Error(id=command.id, code=exc.code, message=exc.message, detail=plain(exc.detail)))
+            return
+        except Exception as exc:  # a handler bug must not take the agent down
+            log.exception("command %s failed", command.name)
+            reply(Error(id=command.id, code=ErrorCode.INTERNAL, message=f"{command.name} failed: {exc}"))
+            return
+        if value is not None:
+            reply(Result(id=command.id, value=plain(value)))
+
+    # jobs --------------------------------------------------------------------------------------------
+    def start_job(self, command: Command, reply: Reply, holder: str, work: Callable[[Job], dict],
+                  on_failure: Callable[[], None] | None = None) -> None:
+        """Run `work(job)` on a worker thread holding the camera lease; its dict is the final Result.
+
+        On cancellation or failure `on_failure` runs first (e.g. to restore controls), then the Error.
+        """
+        self.context.lease.acquire(holder)
+        job = Job(command=command, reply=reply)
+        with self._jobs_lock:
+            self._jobs[command.id] = job
+
+        def run() -> None:
+            try:
+                value = work(job)
+            except BaseException as exc:  # noqa: BLE001 - every outcome must produce one final reply
+                if on_failure is not None:
+                    try:
+                        on_failure()
+                    except Exception:
+                        log.exception("restoring after %s failed", command.name)
+                if isinstance(exc, CommandError):
+                    reply(Error(id=command.id, code=exc.code, message=exc.message, detail=plain(exc.detail)))
+                else:
+                    log.exception("job %s failed", command.name)
+                    reply(Error(id=command.id, code=ErrorCode.FAILED, message=f"{command.name} failed: {exc}"))
+            else:
+                reply(Result(id=command.id, value=plain(value)))
+            finally:
+                self.context.lease.release(holder)
+                with self._jobs_lock:
+                    self._jobs.pop(command.id, None)
+
+        threading.Thread(target=run, name=f"job-{command.name}", daemon=True).start()
+
+    def cancel_all(self) -> None:
+        with self._jobs_lock:
+            for job in self._jobs.values():
+                job.cancelled.set()
+
+    # basic commands ----------------------------------------------------------------------------------
+    def _status(self, command: Command, reply: Reply) -> dict:
+        ctx = self.context
+        pipeline = ctx.pipeline
+        stats = pipeline.last_stats
+        return {
+            "agent": ctx.info,
+            "uptime_s": round(time.monotonic() - ctx.started, 3),
+            "frames_captured": pipeline.frames_captured,
+            "frames_encoded": pipeline.frames_encoded,
+            "fps": round(pipeline.fps, 2),
+            "viewers": ctx.viewers(),
+            "busy": ctx.lease.holder,
+            "controls": ctx.camera.controls(),
+            "metadata": pipeline.last_metadata,
+            "stats": stats.to_wire() if stats else {},
+            "calibration": ctx.extra.get("calibration_state", lambda: {})(),
+        }
+
+    def _get_controls(self, command: Command, reply: Reply) -> dict:
+        camera = self.context.camera
+        metadata = self.context.pipeline.last_metadata
+        in_force = {k: metadata[k] for k in ("ExposureTime", "AnalogueGain", "ColourGains", "DigitalGain") if k in metadata}
+        return {"controls": camera.controls(), "in_force": in_force, "ranges": camera.control_ranges()}
+
+    def _set_controls(self, command: Command, reply: Reply) -> dict:
+        self.context.lease.check_free()
+        checked = validate_controls(command.args.get("controls"), self.context.camera.control_ranges())
+        try:
+            self.context.camera.set_controls(checked)
+        except ValueError as exc:
+            raise CommandError(ErrorCode.OUT_OF_RANGE, str(exc)) from None
+        return {"controls": self.context.camera.controls()}
+
+    def _cancel(self, command: Command, reply: Reply) -> dict:
+        target = command.args.get("id")
+        with self._jobs_lock:
+            jobs = [self._jobs[target]] if target in self._jobs else ([] if target is not None else list(self._jobs.values()))
+        if target is not None and not jobs:
+            raise CommandError(ErrorCode.BAD_ARGUMENT, f"no running command with id {str(target)[:40]!r}")
+        for job in jobs:
+            job.cancelled.set()
+        return {"cancelled": [job.command.id for job in jobs]}

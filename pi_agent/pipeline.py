@@ -1,0 +1,196 @@
+"""Capture → statistics → JPEG → one encoded frame message, on two threads off the socket thread.
+
+The capture thread takes a request from the camera and computes raw statistics; the encode thread
+JPEG-encodes the newest captured frame and packs the frame message once for every viewer. Each stage
+keeps only the newest item (a slow encoder drops frames rather than building latency). Listeners (the
+calibration worker, snapshots) receive every CapturedFrame from the capture thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import simplejpeg
+
+from protocol import Frame, encode
+
+from .camera.base import CameraBackend, CameraError, CapturedFrame
+from .stats import RawStats, compute_stats
+from .wire import plain
+
+log = logging.getLogger(__name__)
+
+
+class LatestSlot:
+    """A one-item mailbox between threads: put replaces, take waits for something newer."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._item = None
+        self._version = 0
+
+    def put(self, item) -> None:
+        with self._cond:
+            self._item = item
+            self._version += 1
+            self._cond.notify_all()
+
+    def take(self, after_version: int, timeout: float) -> tuple[int, object] | None:
+        """The item once its version is newer than `after_version`, or None after `timeout` seconds."""
+        with self._cond:
+            if self._cond.wait_for(lambda: self._version > after_version, timeout):
+                return self._version, self._item
+            return None
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+@dataclass
+class EncodedFrame:
+    sequence: int
+    capture_ns: int
+    payload: bytes  # the encoded frame message, ready to send
+    jpeg_bytes: int
+
+
+class CapturePipeline:
+    """Runs the camera and produces encoded frame messages; `on_frame` is called with each EncodedFrame."""
+
+    def __init__(
+        self,
+        camera: CameraBackend,
+        on_frame: Callable[[EncodedFrame], None],
+        on_event: Callable[[str, str, dict], None] | None = None,
+        quality: int = 80,
+    ):
+        self.camera = camera
+        self.quality = quality
+        self._on_frame = on_frame
+        self._on_event = on_event or (lambda name, message, detail: None)
+        self._captured = LatestSlot()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._listeners: list[Callable[[CapturedFrame, RawStats], None]] = []
+        self._listeners_lock = threading.Lock()
+        self.frames_captured = 0
+        self.frames_encoded = 0
+        self.last_metadata: dict = {}
+        self.last_stats: RawStats | None = None
+        self._fps_window: list[float] = []
+
+    # listeners -------------------------------------------------------------------------------------
+    def add_listener(self, listener: Callable[[CapturedFrame, RawStats], None]) -> None:
+        """Call `listener(frame, stats)` on the capture thread for every frame; it must be quick."""
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener) -> None:
+        with self._listeners_lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    # lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.camera.start()
+        self._stop.clear()
+        self._threads = [
+            threading.Thread(target=self._capture_loop, name="capture", daemon=True),
+            threading.Thread(target=self._encode_loop, name="encode", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._captured.wake()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads = []
+        try:
+            self.camera.stop()
+        except Exception:  # stopping a failed camera must not prevent shutdown
+            log.exception("camera stop failed")
+
+    @property
+    def fps(self) -> float:
+        window = self._fps_window
+        if len(window) < 2:
+            return 0.0
+        return (len(window) - 1) / max(window[-1] - window[0], 1e-9)
+
+    # threads ---------------------------------------------------------------------------------------
+    def _capture_loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                frame = self.camera.capture(timeout=2.0)
+            except CameraError as exc:
+                failures += 1
+                log.warning("capture failed (%s); recovering", exc)
+                self._on_event("camera_error", f"capture failed: {exc}", {"failures": failures})
+                self._recover()
+                continue
+            except Exception as exc:  # a backend bug must not kill the stream silently
+                failures += 1
+                log.exception("unexpected capture error")
+                self._on_event("camera_error", f"unexpected capture error: {exc}", {"failures": failures})
+                self._recover()
+                continue
+            stats = compute_stats(frame.raw, frame.bayer_order, frame.bit_depth, frame.black_level)
+            self.frames_captured += 1
+            self.last_metadata = frame.metadata
+            self.last_stats = stats
+            now = time.monotonic()
+            self._fps_window = (self._fps_window + [now])[-31:]
+            with self._listeners_lock:
+                listeners = list(self._listeners)
+            for listener in listeners:
+                try:
+                    listener(frame, stats)
+                except Exception:
+                    log.exception("frame listener failed")
+            self._captured.put((frame, stats))
+
+    def _recover(self) -> None:
+        """Reopen the camera after a failure: stop, then start again; wait a little between attempts."""
+        try:
+            self.camera.stop()
+        except Exception:
+            log.debug("stop during recovery failed", exc_info=True)
+        while not self._stop.is_set():
+            try:
+                self.camera.start()
+                self._on_event("camera_recovered", "camera restarted after a failure", {})
+                return
+            except Exception as exc:
+                log.warning("camera restart failed: %s", exc)
+                self._stop.wait(0.5)
+
+    def _encode_loop(self) -> None:
+        version = 0
+        while not self._stop.is_set():
+            got = self._captured.take(version, timeout=0.5)
+            if got is None:
+                continue
+            version, (frame, stats) = got
+            jpeg = simplejpeg.encode_jpeg(frame.main, quality=self.quality, colorspace="BGR", colorsubsampling="420")
+            height, width = frame.main.shape[:2]
+            capture_ns = int(frame.metadata.get("SensorTimestamp", time.monotonic_ns()))
+            message = Frame(
+                frame=frame.sequence,
+                capture_ns=capture_ns,
+                width=width,
+                height=height,
+                jpeg=jpeg,
+                metadata=plain(frame.metadata),
+                stats=stats.to_wire(),
+            )
+            payload = encode(message, seq=frame.sequence, ts=time.monotonic_ns())
+            self.frames_encoded += 1
+            self._on_frame(EncodedFrame(frame.sequence, capture_ns, payload, len(jpeg)))

@@ -1,0 +1,293 @@
+"""The agent's socket side: one ROUTER on the user's `host:port`, sessions, credit-based frame delivery.
+
+Viewers connect with a DEALER and say hello; each then holds a few credits (frames it allows in flight).
+When a frame is encoded (once), the socket thread sends it to every viewer that has credit and has not
+had it yet; a viewer returns a credit for every frame it receives. So the newest frame goes out as soon as
+a viewer can take it, a slow viewer or slow link simply gets fewer frames, and nothing piles up in kernel
+buffers (see reference/streaming.md). Credits, pings and commands are also signs of life: a viewer silent
+for `session_timeout` seconds is forgotten.
+
+Only this thread touches the socket; other threads hand it messages through a Mailbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from protocol import (
+    MAX_INBOUND_TO_AGENT, Bye, Command, Credit, Error, ErrorCode, Hello, Message, Ping, Pong, ProtocolError,
+    Sequencer, Welcome, decode,
+)
+from protocol.address import parse_address, tcp_endpoint
+from protocol.limits import SUPPORTED_VERSIONS
+
+from .commands import CommandRouter
+from .mailbox import Mailbox
+from .pipeline import EncodedFrame
+
+log = logging.getLogger(__name__)
+
+MAX_CREDIT = 8
+
+
+@dataclass
+class Session:
+    identity: bytes
+    client: str
+    credit: int
+    last_seen: float
+    sent_sequence: int = -1
+    frames_sent: int = 0
+    user: str = ""  # the viewer's CURVE public key when encryption is on
+    capabilities: list = field(default_factory=list)
+
+
+class AgentServer:
+    """Owns the ROUTER socket and the viewer sessions; runs on its own thread (`start`/`stop`)."""
+
+    def __init__(
+        self,
+        listen: str,
+        router: CommandRouter,
+        welcome: callable,
+        *,
+        context: zmq.Context | None = None,
+        session_timeout: float = 5.0,
+        security=None,
+    ):
+        self.host, self.port = parse_address(listen)
+        self.router = router
+        self._welcome = welcome  # () -> Welcome, the current state for a new viewer
+        self._ctx = context or zmq.Context.instance()
+        self._session_timeout = session_timeout
+        self._security = security  # applies CURVE server options to the socket, or None for plain text
+        self.mailbox = Mailbox()
+        self.sessions: dict[bytes, Session] = {}
+        self._latest: EncodedFrame | None = None
+        self._sequencer = Sequencer(time.monotonic_ns)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._bound = threading.Event()
+        self._bind_error: Exception | None = None
+        self.bound_port: int | None = None
+        self.counters = {"received": 0, "bad_messages": 0, "frames_sent": 0, "frames_skipped": 0}
+
+    # called from other threads -----------------------------------------------------------------------
+    def publish(self, frame: EncodedFrame) -> None:
+        """A new encoded frame is ready (called by the encode thread)."""
+        self.mailbox.put(("frame", frame))
+
+    def send_to(self, identity: bytes, message: Message) -> None:
+        self.mailbox.put(("send", identity, message))
+
+    def broadcast(self, message: Message) -> None:
+        self.mailbox.put(("broadcast", message))
+
+    @property
+    def viewer_count(self) -> int:
+        return len(self.sessions)
+
+    # lifecycle ---------------------------------------------------------------------------------------
+    def start(self, timeout: float = 5.0) -> int:
+        """Bind and start serving; returns the bound port (useful with port 0)."""
+        self._thread = threading.Thread(target=self._run, name="agent-server", daemon=True)
+        self._thread.start()
+        if not self._bound.wait(timeout):
+            raise RuntimeError("the agent's socket did not come up")
+        if self._bind_error is not None:
+            raise self._bind_error
+        return self.bound_port
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.mailbox.put(("stop",))
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    # the socket thread -------------------------------------------------------------------------------
+    def _make_socket(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise instead of vanishing
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting viewer reclaims its identity
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_TO_AGENT)
+        sock.setsockopt(zmq.SNDHWM, 64)
+        sock.setsockopt(zmq.RCVHWM, 256)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
+        if self._security is not None:
+            self._security.apply_server(sock)
+        return sock
+
+    def _run(self) -> None:
+        try:
+            sock = self._make_socket()
+            if self.port == 0:
+                self.bound_port = sock.bind_to_random_port(tcp_endpoint(self.host, "*").rsplit(":", 1)[0])
+            else:
+                sock.bind(tcp_endpoint(self.host, self.port))
+                self.bound_port = self.port
+        except Exception as exc:
+            self._bind_error = RuntimeError(f"cannot listen on {self.host}:{self.port}: {exc}")
+            self._bound.set()
+            return
+        self._bound.set()
+        log.info("listening on %s:%d", self.host, self.bound_port)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self.mailbox.fileno(), zmq.POLLIN)
+        next_sweep = time.monotonic() + 1.0
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(250))
+                if events.get(sock):
+                    self._drain_socket(sock)
+                if events.get(self.mailbox.fileno()):
+                    for item in self.mailbox.drain():
+                        self._handle_item(sock, item)
+                now = time.monotonic()
+                if now >= next_sweep:
+                    self._forget_silent(now)
+                    next_sweep = now + 1.0
+        finally:
+            for identity in list(self.sessions):
+                self._send(sock, identity, Bye(reason="agent stopping"))
+            sock.close(linger=0)
+            self.mailbox.close()
+
+    def _drain_socket(self, sock: zmq.Socket) -> None:
+        for _ in range(1000):  # bounded, so the mailbox (frames) is served too
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.counters["received"] += 1
+            if len(parts) != 2:
+                self.counters["bad_messages"] += 1
+                log.warning("dropped a message of %d parts (one identity and one body expected)", len(parts))
+                if parts:
+                    self._send(sock, parts[0].bytes, Error(id=None, code=ErrorCode.PROTOCOL,
+                               message="a message must be exactly one ZeroMQ frame"))
+                continue
+            identity, body = parts[0].bytes, parts[1]
+            user = ""
+            try:
+                user = body.get("User-Id") or ""
+            except Exception:
+                pass
+            self._handle_bytes(sock, identity, body.buffer, user)
+
+    def _handle_bytes(self, sock: zmq.Socket, identity: bytes, data, user: str) -> None:
+        try:
+            envelope = decode(data, max_size=MAX_INBOUND_TO_AGENT)
+        except ProtocolError as exc:
+            self.counters["bad_messages"] += 1
+            log.warning("bad message from viewer %s: %s", identity.hex()[:8], exc.message)
+            self._send(sock, identity, Error(id=None, code=exc.code, message=exc.message))
+            return
+        message = envelope.message
+        session = self.sessions.get(identity)
+        if session is not None:
+            session.last_seen = time.monotonic()
+        if isinstance(message, Hello):
+            self._hello(sock, identity, message, user)
+            return
+        if session is None:
+            if isinstance(message, Bye):
+                return
+            self._send(sock, identity, Error(id=getattr(message, "id", None), code=ErrorCode.NO_SESSION,
+                       message="no session: send hello first (the agent may have restarted)"))
+            return
+        if isinstance(message, Credit):
+            session.credit = max(0, min(MAX_CREDIT, session.credit + message.n))
+            self._offer_latest(sock, session)
+        elif isinstance(message, Ping):
+            self._send(sock, identity, Pong(t0=message.t0, t1=time.monotonic_ns()))
+        elif isinstance(message, Command):
+            self._command(identity, message)
+        elif isinstance(message, Bye):
+            self.sessions.pop(identity, None)
+            log.info("viewer %s left (%s)", session.client or identity.hex()[:8], message.reason)
+        else:
+            self.counters["bad_messages"] += 1
+            self._send(sock, identity, Error(id=None, code=ErrorCode.PROTOCOL,
+                       message=f"a viewer may not send '{message.TYPE}' messages"))
+
+    def _hello(self, sock: zmq.Socket, identity: bytes, hello: Hello, user: str) -> None:
+        common = [v for v in hello.versions if v in SUPPORTED_VERSIONS]
+        if not common:
+            self._send(sock, identity, Error(id=None, code=ErrorCode.VERSION,
+                       message=f"no common protocol version: viewer speaks {hello.versions[:8]}, "
+                               f"agent speaks {list(SUPPORTED_VERSIONS)}"))
+            return
+        credit = hello.credit if isinstance(hello.credit, int) else 2
+        self.sessions[identity] = Session(
+            identity=identity, client=hello.client[:80], credit=max(0, min(MAX_CREDIT, credit)),
+            last_seen=time.monotonic(), user=user, capabilities=hello.capabilities[:32],
+        )
+        log.info("viewer %s connected (%s); %d viewer(s)", identity.hex()[:8], hello.client[:80], len(self.sessions))
+        self._send(sock, identity, self._welcome())
+        self._offer_latest(sock, self.sessions[identity])
+
+    def _command(self, identity: bytes, command: Command) -> None:
+        if command.expires_ns and time.monotonic_ns() > command.expires_ns:
+            late_ms = (time.monotonic_ns() - command.expires_ns) / 1e6
+            self.send_to(identity, Error(id=command.id, code=ErrorCode.EXPIRED,
+                         message=f"command {command.name[:40]!r} arrived {late_ms:.0f} ms after its expiry; not run"))
+            return
+        self.router.handle(command, lambda message: self.send_to(identity, message))
+
+    def _handle_item(self, sock: zmq.Socket, item: tuple) -> None:
+        kind = item[0]
+        if kind == "frame":
+            self._latest = item[1]
+            for session in list(self.sessions.values()):
+                self._offer_latest(sock, session)
+        elif kind == "send":
+            self._send(sock, item[1], item[2])
+        elif kind == "broadcast":
+            for identity in list(self.sessions):
+                self._send(sock, identity, item[1])
+
+    def _offer_latest(self, sock: zmq.Socket, session: Session) -> None:
+        frame = self._latest
+        if frame is None or session.credit <= 0 or session.sent_sequence >= frame.sequence:
+            return
+        if session.sent_sequence >= 0 and frame.sequence > session.sent_sequence + 1:
+            self.counters["frames_skipped"] += frame.sequence - session.sent_sequence - 1
+        if self._send_bytes(sock, session.identity, frame.payload):
+            session.credit -= 1
+            session.sent_sequence = frame.sequence
+            session.frames_sent += 1
+            self.counters["frames_sent"] += 1
+
+    def _send(self, sock: zmq.Socket, identity: bytes, message: Message) -> bool:
+        return self._send_bytes(sock, identity, self._sequencer.encode(message))
+
+    def _send_bytes(self, sock: zmq.Socket, identity: bytes, payload: bytes) -> bool:
+        """Never blocks: an unroutable or full peer loses this message (and a vanished one its session)."""
+        try:
+            sock.send_multipart([identity, payload], zmq.NOBLOCK, copy=len(payload) < 65536)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                if self.sessions.pop(identity, None) is not None:
+                    log.info("viewer %s is gone; session forgotten", identity.hex()[:8])
+                return False
+            log.warning("send failed: %s", exc)
+            return False
+
+    def _forget_silent(self, now: float) -> None:
+        for identity, session in list(self.sessions.items()):
+            if now - session.last_seen > self._session_timeout:
+                del self.sessions[identity]
+                log.info("viewer %s silent for %.1f s; session forgotten", session.client or identity.hex()[:8],
+                         now - session.last_seen)
