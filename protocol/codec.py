@@ -94,7 +94,6 @@ def decode(data: bytes | memoryview, max_size: int = limits.MAX_INBOUND_TO_VIEWE
             max_bin_len=size,
             max_array_len=limits.MAX_ARRAY_LEN,
             max_map_len=limits.MAX_MAP_LEN,
-            max_ext_len=0,
         )
     except ProtocolError:
         raise
