@@ -1,0 +1,219 @@
+"""Sensor facts as data: one table that the simulator, the Picamera2 backend and calibration all read.
+
+Why data and not code: the same numbers (bit depth, black level, gain code formula, control delays, modes)
+decide how raw is interpreted, how controls are quantised and what calibration aims for; keeping them in
+one frozen table stops the simulator and the real backend from drifting apart. Sources:
+shared/reference/calibration.md §1 and picamera2.md §2/§5/§8; where no published figure exists (full well,
+read noise of IMX219/IMX708/OV5647, line times) the value is a documented, realistic estimate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class SensorMode:
+    """One sensor readout mode.
+
+    size: output (w, h) of the mode; crop: (x, y, w, h) on the full pixel array that the mode reads;
+    binning: 1 (full resolution), 2 (2x2 binned), ...; line_time_us: time of one line, the exposure quantum.
+    """
+
+    size: tuple[int, int]
+    bit_depth: int
+    fps_max: float
+    crop: tuple[int, int, int, int]
+    binning: int
+    line_time_us: float
+
+    @property
+    def min_frame_duration_us(self) -> float:
+        return 1e6 / self.fps_max
+
+
+@dataclass(frozen=True)
+class SensorInfo:
+    """The facts of one sensor.
+
+    black_level: pedestal in raw units at `bit_depth`.
+    target_white_level: the default target of exposure calibration — the level (pedestal included, raw units)
+      that the 99.9th percentile of the raw image should reach: 700 for IMX219, 2800 for IMX477 (the
+      OpenFlexure figures, calibration.md §2); ≈ 68 % of white for the others.
+    exposure_delay / gain_delay / vblank_delay: frames between requesting a value and the first frame
+      exposed with it.
+    full_well_e / read_noise_e: electrons at gain 1 (the simulator's physics).
+    gain_code: ("inverse", K, code_max) for gain = K/(K−c), or ("linear", 16, code_max) for gain = c/16.
+    """
+
+    model: str
+    bayer_order: str
+    bit_depth: int
+    black_level: int
+    target_white_level: int
+    full_array: tuple[int, int]
+    modes: tuple[SensorMode, ...]
+    exposure_delay: int
+    gain_delay: int
+    vblank_delay: int
+    gain_min: float
+    gain_max: float
+    full_well_e: float
+    read_noise_e: float
+    exposure_min_us: float
+    unit_cell_nm: int
+    gain_code: tuple[str, int, int] = ("inverse", 256, 232)
+    exposure_max_us: float = 10_000_000.0
+
+    @property
+    def white_level(self) -> int:
+        return 2**self.bit_depth - 1
+
+    # -- analogue gain --------------------------------------------------------------------------------
+    def _gain_of_code(self, code: int) -> float:
+        kind, k, _ = self.gain_code
+        return k / (k - code) if kind == "inverse" else code / k
+
+    def _code_of_gain(self, gain: float) -> int:
+        """libcamera's gainCode: truncation, so the achieved gain never exceeds the request."""
+        kind, k, code_max = self.gain_code
+        code = math.floor(k - k / gain + _EPS) if kind == "inverse" else math.floor(gain * k + _EPS)
+        return max(0, min(code_max, code))
+
+    def quantise_gain(self, gain: float) -> float:
+        """The analogue gain the sensor really applies for a request: clamped to [gain_min, gain_max], then
+        truncated to a gain code (achieved ≤ requested, except that gain_min itself is always reachable)."""
+        g = min(max(float(gain), self.gain_min), self.gain_max)
+        code = self._code_of_gain(g)
+        achieved = self._gain_of_code(code)
+        if achieved < self.gain_min - _EPS:  # truncation fell below the bottom of the range: smallest legal code
+            code_min = self._code_of_gain(self.gain_min)
+            while self._gain_of_code(code_min) < self.gain_min - 1e-6:
+                code_min += 1
+            achieved = self._gain_of_code(code_min)
+        return float(achieved)
+
+    # -- exposure -------------------------------------------------------------------------------------
+    def exposure_lines(self, us: float, mode: SensorMode) -> int:
+        """Whole lines for an exposure request (floor, at least one line and at least exposure_min_us)."""
+        min_lines = max(1, math.ceil(self.exposure_min_us / mode.line_time_us - _EPS))
+        return max(min_lines, math.floor(float(us) / mode.line_time_us + 1e-6))
+
+    def quantise_exposure(self, us: float, mode: SensorMode) -> int:
+        """ExposureTime as reported for a request: whole lines (floor, ≥ 1 line), as integer µs.
+
+        The integer is rounded up from lines × line_time so that quantising a reported value again gives
+        the same value (idempotent); the difference from the true exposure is < 1 µs."""
+        lines = self.exposure_lines(us, mode)
+        return int(math.ceil(lines * mode.line_time_us - 1e-6))
+
+    # -- modes ----------------------------------------------------------------------------------------
+    def full_field(self, mode: SensorMode) -> bool:
+        return mode.crop == (0, 0, self.full_array[0], self.full_array[1])
+
+    def choose_mode(self, size: tuple[int, int], fps: float) -> SensorMode:
+        """The mode for a main stream of `size` at `fps` (0: any rate).
+
+        Rule: among modes whose fps_max ≥ fps and whose output covers `size` (w and h), prefer the ones that
+        see the full field of view (binned full-array modes — what a user expects from a "640x480" stream,
+        unlike picamera2's cropped-mode pitfall), then the fewest pixels (cheapest readout). If none covers the
+        size at that rate, take the largest mode that reaches the rate; if none reaches the rate, the fastest
+        mode that covers the size; failing all, the largest mode.
+        """
+        w, h = size
+        fast = [m for m in self.modes if fps <= 0 or m.fps_max + 1e-6 >= fps]
+        ok = [m for m in fast if m.size[0] >= w and m.size[1] >= h]
+        if ok:
+            return min(ok, key=lambda m: (not self.full_field(m), m.size[0] * m.size[1]))
+        logger.warning("%s: no mode gives %dx%d at %.2f fps; choosing the nearest", self.model, w, h, fps)
+        if fast:
+            return max(fast, key=lambda m: m.size[0] * m.size[1])
+        covering = [m for m in self.modes if m.size[0] >= w and m.size[1] >= h]
+        if covering:
+            return max(covering, key=lambda m: m.fps_max)
+        return max(self.modes, key=lambda m: m.size[0] * m.size[1])
+
+    def mode_of_size(self, size: tuple[int, int]) -> SensorMode:
+        for m in self.modes:
+            if tuple(m.size) == tuple(size):
+                return m
+        raise ValueError(
+            f"{self.model} has no sensor mode of size {size[0]}x{size[1]}; "
+            f"modes are {', '.join(f'{m.size[0]}x{m.size[1]}' for m in self.modes)}"
+        )
+
+
+def _mode(size, bits, fps, crop, binning, vblank_lines: int = 32) -> SensorMode:
+    """A mode whose line time follows from its maximum rate: frame = (h + minimum vertical blanking) lines.
+    For IMX219 full resolution this gives 18.9 µs/line, the published figure."""
+    line_time = 1e6 / (fps * (size[1] + vblank_lines))
+    return SensorMode(tuple(size), bits, fps, tuple(crop), binning, round(line_time, 4))
+
+
+SENSORS: dict[str, SensorInfo] = {
+    "imx219": SensorInfo(
+        model="imx219", bayer_order="BGGR", bit_depth=10, black_level=64, target_white_level=700,
+        full_array=(3280, 2464),
+        modes=(
+            _mode((640, 480), 10, 206.65, (1000, 752, 1280, 960), 2),
+            _mode((1640, 1232), 10, 41.85, (0, 0, 3280, 2464), 2),
+            _mode((1920, 1080), 10, 47.57, (680, 692, 1920, 1080), 1),
+            _mode((3280, 2464), 10, 21.19, (0, 0, 3280, 2464), 1),
+        ),
+        exposure_delay=2, gain_delay=1, vblank_delay=2, gain_min=1.0, gain_max=256 / (256 - 232),
+        full_well_e=4500.0, read_noise_e=2.5, exposure_min_us=13.0, unit_cell_nm=1120,
+        gain_code=("inverse", 256, 232), exposure_max_us=11_767_556.0,
+    ),
+    "imx477": SensorInfo(
+        model="imx477", bayer_order="BGGR", bit_depth=12, black_level=256, target_white_level=2800,
+        full_array=(4056, 3040),
+        modes=(
+            _mode((1332, 990), 10, 120.05, (696, 528, 2664, 1980), 2),
+            _mode((2028, 1080), 12, 50.03, (0, 440, 4056, 2160), 2),
+            _mode((2028, 1520), 12, 40.01, (0, 0, 4056, 3040), 2),
+            _mode((4056, 3040), 12, 10.00, (0, 0, 4056, 3040), 1),
+        ),
+        exposure_delay=2, gain_delay=2, vblank_delay=3, gain_min=1.0, gain_max=1024 / (1024 - 978),
+        full_well_e=8180.0, read_noise_e=3.0, exposure_min_us=31.0, unit_cell_nm=1550,
+        gain_code=("inverse", 1024, 978), exposure_max_us=694_434_742.0,
+    ),
+    "imx708": SensorInfo(
+        model="imx708", bayer_order="RGGB", bit_depth=10, black_level=64, target_white_level=700,
+        full_array=(4608, 2592),
+        modes=(
+            _mode((1536, 864), 10, 120.13, (768, 432, 3072, 1728), 2),
+            _mode((2304, 1296), 10, 56.03, (0, 0, 4608, 2592), 2),
+            _mode((4608, 2592), 10, 14.35, (0, 0, 4608, 2592), 1),
+        ),
+        exposure_delay=2, gain_delay=2, vblank_delay=3, gain_min=1.12, gain_max=16.0,
+        full_well_e=6000.0, read_noise_e=2.0, exposure_min_us=26.0, unit_cell_nm=1400,
+        gain_code=("inverse", 1024, 960), exposure_max_us=220_416_802.0,
+    ),
+    "ov5647": SensorInfo(
+        model="ov5647", bayer_order="GBRG", bit_depth=10, black_level=16, target_white_level=700,
+        full_array=(2592, 1944),
+        modes=(
+            _mode((640, 480), 10, 58.92, (16, 0, 2560, 1920), 4),
+            _mode((1296, 972), 10, 46.34, (0, 0, 2592, 1944), 2),
+            _mode((1920, 1080), 10, 32.81, (336, 432, 1920, 1080), 1),
+            _mode((2592, 1944), 10, 15.63, (0, 0, 2592, 1944), 1),
+        ),
+        exposure_delay=2, gain_delay=2, vblank_delay=2, gain_min=1.0, gain_max=1023 / 16,
+        full_well_e=4300.0, read_noise_e=4.5, exposure_min_us=16.0, unit_cell_nm=1400,
+        gain_code=("linear", 16, 1023), exposure_max_us=3_066_985.0,
+    ),
+}
+
+
+def get_sensor(name: str) -> SensorInfo:
+    """The SensorInfo of a sensor by model name (case-insensitive)."""
+    try:
+        return SENSORS[name.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown sensor {name!r}; known sensors: {', '.join(sorted(SENSORS))}") from None
