@@ -38,6 +38,7 @@ def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
 
 
 CHECKER_REFLECTANCE = _srgb_to_linear(np.array(_CHECKER_SRGB)).astype(np.float32)  # (24, 3) R, G, B
+CHECKER_REFLECTANCE[18:] = CHECKER_REFLECTANCE[18:, 1:2]  # the grey row is spectrally flat: exactly neutral
 GREY_PATCH = 21  # index of a neutral patch (reflectance ≈ 0.19)
 
 
