@@ -1,0 +1,219 @@
+"""Loopback end to end: agent on the simulated camera, real ZeroMQ sockets, one or several viewers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+import protocol as p
+from host_viewer.client import CommandFailed
+
+from .conftest import wait_until
+
+
+def collect(client, count: int, timeout: float = 10.0):
+    frames, last = [], None
+    deadline = time.monotonic() + timeout
+    while len(frames) < count and time.monotonic() < deadline:
+        try:
+            frame = client.wait_frame(timeout=1.0, newer_than=last)
+        except TimeoutError:
+            continue
+        last = frame.sequence
+        frames.append(frame)
+    return frames
+
+
+def test_two_viewers_receive_decodable_frames_with_rising_sequence(start_agent, connect):
+    agent = start_agent(size=(320, 240))
+    a, b = connect(agent), connect(agent)
+    assert a.welcome.sensor["model"] == "imx219" and a.welcome.sensor["black_level"] == 64
+    for client in (a, b):
+        frames = collect(client, 15)
+        assert len(frames) == 15
+        sequences = [f.sequence for f in frames]
+        assert all(y > x for x, y in zip(sequences, sequences[1:]))
+        image = frames[-1].decode()
+        assert image.shape == (240, 320, 3) and image.dtype == np.uint8
+        assert image.std() > 5  # a real picture, not a blank
+        stats = frames[-1].stats
+        assert stats["channels"] == ["R", "Gr", "Gb", "B"] and stats["black_level"] == 64
+        hist = frames[-1].histograms()
+        assert hist.shape == (4, 256) and hist.sum() == (1640 // 2) * (1232 // 2) * 4
+        assert "ExposureTime" in frames[-1].metadata and "SensorTimestamp" in frames[-1].metadata
+    # each frame is encoded once however many viewers there are
+    assert agent.server.counters["frames_sent"] >= 30
+    assert agent.pipeline.frames_encoded <= agent.pipeline.frames_captured
+
+
+def test_slow_viewer_sees_fresh_frames_while_the_other_keeps_full_rate(start_agent, connect):
+    """The slow viewer takes 5 frames a second from a 30 fps stream for 10 s: its frame age must not
+    grow, and the fast viewer must still get (nearly) every frame the camera produced."""
+    agent = start_agent(size=(320, 240), fps=30)
+    fast, slow = connect(agent), connect(agent)
+    slow.wait_frame(timeout=5)
+    fast_sequences: list[int] = []
+    ages: list[float] = []
+    end = time.monotonic() + 10.0
+    next_slow = time.monotonic()
+    last_fast = None
+    while time.monotonic() < end:
+        try:
+            frame = fast.wait_frame(timeout=0.05, newer_than=last_fast)
+            last_fast = frame.sequence
+            fast_sequences.append(frame.sequence)
+        except TimeoutError:
+            pass
+        if time.monotonic() >= next_slow:  # the slow consumer: one frame every 200 ms
+            frame = slow.latest()
+            frame.decode()
+            ages.append(frame.age_ms())
+            next_slow += 0.2
+    assert len(ages) >= 40
+    third = len(ages) // 3
+    first, last = np.median(ages[:third]), np.median(ages[-third:])
+    assert max(ages) < 250, f"slow viewer saw a frame {max(ages):.0f} ms old"
+    assert last < first + 20, f"frame age grew from {first:.1f} to {last:.1f} ms"
+    span = fast_sequences[-1] - fast_sequences[0] + 1
+    assert len(fast_sequences) / span > 0.9, "the fast viewer lost frames because of the slow one"
+
+
+def test_agent_never_queues_frames_for_a_viewer_that_reads_slowly(start_agent):
+    """A protocol-level viewer that reads (and returns credit for) one message every 200 ms: every frame
+    it gets was captured moments before, because the agent only sends against credit."""
+    agent = start_agent(size=(320, 240), fps=30)
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{agent.port}")
+    ages = []
+    try:
+        sock.send(p.encode(p.Hello(versions=[1], client="slow reader", credit=2)))
+        end = time.monotonic() + 10.0
+        while time.monotonic() < end:
+            if not sock.poll(1000):
+                continue
+            message = p.decode(sock.recv()).message
+            if isinstance(message, p.Frame):
+                ages.append((time.monotonic_ns() - message.capture_ns) / 1e6)  # same host, same clock
+                sock.send(p.encode(p.Credit(n=1)))
+                time.sleep(0.2)  # the slow reader (the behaviour under test, not synchronisation)
+    finally:
+        sock.close()
+    assert len(ages) >= 40
+    third = len(ages) // 3
+    # with 2 credits the second frame in flight waited at most one read period (200 ms)
+    assert max(ages) < 450, f"a frame {max(ages):.0f} ms old reached the slow reader"
+    assert np.median(ages[-third:]) < np.median(ages[:third]) + 30, "frame age grew over the run"
+
+
+def test_command_round_trip_and_controls_show_in_metadata(start_agent, connect):
+    agent = start_agent()
+    client = connect(agent)
+    status = client.command("status")
+    assert status["agent"]["instance"] == client.welcome.agent["instance"]
+    ranges = client.command("get_controls")["ranges"]
+    assert "ExposureTime" in ranges and "AnalogueGain" in ranges
+    result = client.command("set_controls", {"controls": {"ExposureTime": 5000, "AnalogueGain": 2.0}})
+    assert result["controls"]["AeEnable"] is False
+
+    def applied():
+        md = client.wait_frame(timeout=2).metadata
+        return abs(md["ExposureTime"] - 5000) < 40 and md["AnalogueGain"] == pytest.approx(2.0, abs=0.05)
+
+    wait_until(applied, timeout=5, message="the new controls in the frame metadata")
+
+
+def test_bad_commands_get_clear_errors_and_the_stream_goes_on(start_agent, connect):
+    agent = start_agent()
+    client = connect(agent)
+    with pytest.raises(CommandFailed) as info:
+        client.command("self_destruct")
+    assert info.value.code == "unknown_command" and "self_destruct" in info.value.message
+    with pytest.raises(CommandFailed) as info:
+        client.command("set_controls", {"controls": {"ExposureTime": 10**9}})
+    assert info.value.code == "out_of_range" and "ExposureTime" in info.value.message
+    with pytest.raises(CommandFailed) as info:
+        client.command("set_controls", {"controls": {"AnalogueGain": "lots"}})
+    assert info.value.code == "bad_argument"
+    with pytest.raises(CommandFailed) as info:
+        client.command("set_controls", {"controls": {"Brightness": 1}})
+    assert info.value.code == "bad_argument" and "Brightness" in info.value.message
+    before = client.wait_frame().sequence
+    client.wait_frame(newer_than=before + 5, timeout=5)  # still streaming
+
+
+def test_malformed_bytes_get_an_error_and_do_not_disturb_other_viewers(start_agent, connect):
+    agent = start_agent()
+    viewer = connect(agent)
+    ctx = zmq.Context.instance()
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.setsockopt(zmq.RCVTIMEO, 3000)
+    raw.connect(f"tcp://127.0.0.1:{agent.port}")
+    try:
+        for junk in (b"", b"\xc1garbage", msgpack.packb({"v": 99, "t": "hello"}), msgpack.packb([1, 2])):
+            raw.send(junk)
+            reply = p.decode(raw.recv())
+            assert isinstance(reply.message, p.Error) and reply.message.code in ("protocol", "version")
+        raw.send(p.encode(p.Credit(n=1)))  # no hello yet
+        assert p.decode(raw.recv()).message.code == "no_session"
+    finally:
+        raw.close()
+    assert agent.server.counters["bad_messages"] >= 4
+    before = viewer.wait_frame().sequence
+    viewer.wait_frame(newer_than=before + 3, timeout=5)
+
+
+def test_expired_command_is_refused_not_run(start_agent, connect):
+    agent = start_agent()
+    client = connect(agent)
+    wait_until(lambda: client.clock.known, message="a clock offset")
+    pending = client.send_command("set_controls", {"controls": {"ExposureTime": 1234}}, ttl=-1.0)
+    with pytest.raises(CommandFailed) as info:
+        pending.future.result(timeout=5)
+    assert info.value.code == "expired"
+    assert agent.camera.controls().get("ExposureTime") != 1234
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_command_line_agent_and_headless_viewer():
+    """The programs as a user runs them: pi-agent, then host-viewer --headless --summary-json -."""
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    agent = subprocess.Popen([sys.executable, "-m", "pi_agent.cli", "--camera", "sim", "--listen",
+                              f"127.0.0.1:{port}", "--size", "320x240", "--fps", "30"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        out = subprocess.run([sys.executable, "-m", "host_viewer.cli", f"127.0.0.1:{port}", "--headless",
+                              "--duration", "2", "--summary-json", "-"],
+                             capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 0, out.stderr
+        summary = json.loads(out.stdout)
+        for key in ("frames", "fps", "width", "height", "age_ms_p50", "age_ms_p99", "sensor"):
+            assert key in summary
+        assert summary["frames"] > 10 and (summary["width"], summary["height"]) == (320, 240)
+        assert summary["sensor"] == "imx219"
+    finally:
+        agent.terminate()
+        assert agent.wait(timeout=10) == 0  # clean shutdown on SIGTERM
+
+
+def test_viewer_without_agent_exits_with_a_clear_message():
+    out = subprocess.run([sys.executable, "-m", "host_viewer.cli", f"127.0.0.1:{free_port()}", "--headless",
+                          "--duration", "1", "--connect-timeout", "1"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "no agent answered" in out.stderr
