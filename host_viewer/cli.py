@@ -9,7 +9,7 @@ import sys
 import time
 
 from .client import AgentClient
-from .stats import RateMeter, percentile
+from .session import ViewingSession
 
 log = logging.getLogger("host_viewer")
 
@@ -26,60 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Session:
-    """What a viewing run measures: frames decoded, their ages, the stream's size and sensor."""
-
-    def __init__(self, client: AgentClient):
-        self.client = client
-        self.ages: list[float] = []
-        self.frames = 0
-        self.first = None
-        self.last = None
-        self.width = self.height = 0
-        self.fps_meter = RateMeter()
-
-    def show(self, frame, image) -> float:
-        """Record one decoded frame; returns its age in ms."""
-        now_ns = time.monotonic_ns()
-        age = (now_ns + self.client.clock.offset_ns - frame.capture_ns) / 1e6
-        if self.client.clock.known:
-            self.ages.append(age)
-        self.frames += 1
-        now = now_ns / 1e9
-        self.first = self.first or now
-        self.last = now
-        self.height, self.width = image.shape[:2]
-        self.fps_meter.add(1, now)
-        return age
-
-    def summary(self) -> dict:
-        welcome = self.client.welcome
-        span = (self.last - self.first) if self.first and self.last and self.last > self.first else 0.0
-        best = self.client.clock.best
-        return {
-            "frames": self.frames,
-            "fps": round((self.frames - 1) / span, 2) if span else 0.0,
-            "width": self.width,
-            "height": self.height,
-            "age_ms_p50": _round(percentile(self.ages, 50)),
-            "age_ms_p99": _round(percentile(self.ages, 99)),
-            "dropped": self.client.frames_dropped,
-            "sensor": welcome.sensor.get("model") if welcome else None,
-            "agent": welcome.agent.get("name") if welcome else None,
-            "state": self.client.state,
-            "reconnects": self.client.reconnects,
-            "clock_offset_ms": _round(best.offset_ns / 1e6 if best else None),
-            "rtt_ms": _round(best.rtt_ns / 1e6 if best else None),
-            "mbit_s": round(self.client.bytes_received * 8 / 1e6 / span, 3) if span else 0.0,
-        }
-
-
-def _round(value, digits: int = 2):
-    return None if value is None else round(value, digits)
-
-
-def run_headless(client: AgentClient, duration: float | None) -> Session:
-    session = Session(client)
+def run_headless(client: AgentClient, duration: float | None) -> ViewingSession:
+    session = ViewingSession(client)
     end = time.monotonic() + duration if duration else float("inf")
     last = None
     while time.monotonic() < end:
@@ -88,32 +36,7 @@ def run_headless(client: AgentClient, duration: float | None) -> Session:
         except TimeoutError:
             continue
         last = frame.sequence
-        session.show(frame, frame.decode())
-    return session
-
-
-def run_window(client: AgentClient, duration: float | None) -> Session:
-    import cv2
-
-    from .display import basic_lines, draw_text_block
-
-    session = Session(client)
-    title = f"picamlink {client.address}"
-    cv2.namedWindow(title, cv2.WINDOW_AUTOSIZE)
-    end = time.monotonic() + duration if duration else float("inf")
-    last = None
-    while time.monotonic() < end:
-        frame = client.latest()
-        if frame is not None and frame.sequence != last:
-            last = frame.sequence
-            image = frame.decode()
-            age = session.show(frame, image)
-            draw_text_block(image, basic_lines(frame, session.fps_meter.rate(), age, client.state))
-            cv2.imshow(title, image)
-        key = cv2.waitKey(5) & 0xFF
-        if key in (ord("q"), 27):
-            break
-    cv2.destroyAllWindows()
+        session.record(frame, frame.decode())
     return session
 
 
@@ -142,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"host-viewer: no agent answered at {args.address} within {args.connect_timeout:g} s "
                   f"(is pi-agent running there?)", file=sys.stderr)
             return 1
-        session = run_headless(client, args.duration) if args.headless else run_window(client, args.duration)
+        if args.headless:
+            session = run_headless(client, args.duration)
+        else:
+            from .app import ViewerApp
+
+            session = ViewerApp(client).run(args.duration)
         summary = session.summary()
     if args.summary_json:
         write_summary(summary, args.summary_json)
