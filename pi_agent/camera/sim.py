@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 CONTROLS = ("ExposureTime", "AnalogueGain", "ColourGains", "AeEnable", "AwbEnable", "FrameRate", "FrameDurationLimits")
 AGC_TARGET = 0.16  # mean luminance (white = 1) the auto exposure aims for, like libcamera's default
+AGC_MAX_EXPOSURE_US = 66_666.0  # libcamera's "normal" exposure mode ceiling; manual exposures may be longer
 _REF_LUX = 500.0  # at this lux a reflectance-1 surface fills the full well in _REF_TIME_US at the centre
 _REF_TIME_US = 10_000.0
 
@@ -558,7 +559,7 @@ class SimulatedCamera(CameraBackend):
             if any(kind in ("exp", "gain") for _, kind, _ in self._pending):
                 return  # a change is on its way: wait to see it before correcting again
             total = lines * m.line_time_us * self._gain * ratio
-            max_exp = self._limits[1]
+            max_exp = min(self._limits[1], AGC_MAX_EXPOSURE_US)
             if self._ae_exposure:
                 exp = total / self._gain if not self._ae_gain else min(total, max_exp)
                 exp = min(max(exp, s.exposure_min_us), max_exp)
