@@ -157,7 +157,9 @@ class Picamera2Camera(CameraBackend):
         try:
             cam = P(self._camera_num, tuning=tuning)
         except (IndexError, RuntimeError) as exc:
-            raise CameraError(self._open_error(exc, tuning)) from exc
+            # drop the traceback: its frames hold libcamera objects (the camera manager) that would keep the
+            # failed tuning alive and make the next tuning silently ignored (#886)
+            raise CameraError(self._open_error(exc, tuning)) from exc.with_traceback(None)
         self._cam = cam
         self._properties = dict(cam.camera_properties)
         self._model = str(self._properties.get("Model", "unknown"))
@@ -454,7 +456,7 @@ class Picamera2Camera(CameraBackend):
                                   "ignored (picamera2 #886)")
             self._open(new_tuning)
         except CameraError as exc:
-            log.error("reopening with the new tuning failed: %s; restoring the previous tuning", exc)
+            log.error("reopening with the new tuning failed: %s; restoring the previous tuning", str(exc))
             self._restore(was_started)
             raise CameraError(f"the new tuning could not be put in force ({exc}); the previous tuning is back "
                               "in force") from exc

@@ -247,8 +247,9 @@ class LibcameraManager:
             try:
                 tuning = world.resolve_tuning(spec, world.env_tuning)
             except TuningError as exc:
-                logger.error("fake libcamera: camera %d (%s): tuning rejected: %s", hw, spec.sensor, exc)
-                record["errors"][hw] = str(exc)
+                error = str(exc)  # a string: a logged exception's traceback would keep this manager alive
+                logger.error("fake libcamera: camera %d (%s): tuning rejected: %s", hw, spec.sensor, error)
+                record["errors"][hw] = error
                 continue
             record["tunings"][hw] = tuning
             self.cameras.append(LibcameraCamera(self, hw, spec, tuning))
@@ -257,7 +258,7 @@ class LibcameraManager:
 
 class LibcameraCamera:
     def __init__(self, manager: LibcameraManager, hw: int, spec: CameraSpec, tuning: dict):
-        self.manager = manager  # an open camera keeps its manager alive
+        self.manager = weakref.ref(manager)  # no reference cycle: the manager dies as soon as nobody holds it
         self.hw = hw
         self.spec = spec
         self.tuning = tuning
@@ -421,6 +422,7 @@ class Picamera2Base:
                 raise RuntimeError("Camera __init__ sequence did not complete.")
             world.acquired.add(cam.hw)
         self.camera = cam
+        self._libcamera_manager = cms  # an open camera keeps libcamera's manager alive
         self.camera_idx = camera_num
         type(self)._cm.add(camera_num, self)
         spec = cam.spec
@@ -463,6 +465,7 @@ class Picamera2Base:
         with world.lock:
             world.acquired.discard(self.camera.hw)
         self.camera = None
+        self._libcamera_manager = None
         self.camera_properties = {}
         type(self)._cm.cleanup(self.camera_idx)
 
