@@ -25,7 +25,9 @@ def make_camera(kind: str, *, sensor: str = "imx219", scene: str = "chart", colo
         except ImportError:
             picamera2_available = None
         if picamera2_available is not None and picamera2_available():
-            return Picamera2Camera()
+            camera = Picamera2Camera()
+            log.info("camera %s: using picamera2 (%s)", kind, camera.sensor.model)
+            return camera
         if kind == "picamera2":
             raise RuntimeError("--camera picamera2: picamera2 is not installed or no camera is connected "
                                "(on a Pi: sudo apt install python3-picamera2, venv with --system-site-packages)")

@@ -1,0 +1,490 @@
+"""The Picamera2 backend: a real Raspberry Pi camera behind the CameraBackend interface.
+
+picamera2 is imported lazily (it exists only on a Pi, from apt); `picamera2_module=` lets tests pass the
+fake in tests/fakes. Facts this code relies on are in shared/reference/picamera2.md:
+
+- one video configuration with a main stream ("RGB888", which is B,G,R in memory: DRM fourcc naming) and
+  an unpacked raw stream at the chosen sensor mode (`sensor={"output_size", "bit_depth"}`), queue=False
+  (no frame held back), a small buffer_count;
+- main, raw and metadata come from ONE capture_request(), released in `finally` (a held request stalls
+  the pipeline); raw is unpacked by raw_unpack (stride padding, Pi 4 LSB-aligned or CSI2P, Pi 5 MSB-aligned);
+- the Bayer order is read from camera_configuration()["raw"]["format"] after configure (the HQ camera
+  lists SRGGB12 but delivers SBGGR12), the black level from each frame's SensorBlackLevels;
+- a lens shading table goes into the rpi.alsc section of the tuning (16x12 on Pi 4, 32x32 on Pi 5) and
+  takes effect only when a new libcamera CameraManager reads it: close the camera, drop picamera2's
+  manager (`del Picamera2._cm; gc.collect(); Picamera2._cm = CameraManager()`), check that the old
+  libcamera manager is really gone (if anything still holds it the new tuning is silently ignored, #886),
+  reopen with `Picamera2(tuning=...)`, reconfigure and restart with the same controls.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import json
+import logging
+import math
+import threading
+import weakref
+from typing import Any, Callable
+
+import numpy as np
+
+from .base import CameraBackend, CameraError, CapturedFrame, LensShadingTable
+from .raw_unpack import RawFormatError, parse_raw_format, unpack_raw
+from .sensors import SENSORS, SensorInfo, SensorMode, _mode
+from .tuning import TuningError, grid_for_target, target_of, with_lens_shading
+
+log = logging.getLogger(__name__)
+
+# Controls the backend passes through (libcamera names); others are refused with a clear error.
+SUPPORTED_CONTROLS = ("ExposureTime", "AnalogueGain", "ColourGains", "AeEnable", "AwbEnable", "FrameDurationLimits")
+MAIN_FORMAT = "RGB888"  # B,G,R bytes in memory: what CapturedFrame.main and the JPEG encoder want
+REOPEN_GRACE_S = 30.0  # how long a capture may wait while the camera is being reopened with a new tuning
+
+
+def _import_picamera2():
+    import picamera2  # noqa: PLC0415 - optional, Pi-only dependency
+
+    return picamera2
+
+
+def picamera2_available(module=None) -> bool:
+    """True when picamera2 imports and `Picamera2.global_camera_info()` lists at least one camera.
+
+    global_camera_info() creates libcamera's CameraManager and picamera2 keeps it; a tuning passed to a
+    later `Picamera2(tuning=...)` would then be silently ignored (picamera2 #886). So after asking, the
+    manager is dropped again (only when no camera of this process is open) so the next open reads its tuning.
+    """
+    try:
+        module = module or _import_picamera2()
+    except Exception as exc:  # ImportError on x86, ModuleNotFoundError('libcamera'), OSError probing devices
+        log.debug("picamera2 unavailable: %s", exc)
+        return False
+    try:
+        cameras = module.Picamera2.global_camera_info()
+    except Exception as exc:
+        log.info("picamera2 imports but listing cameras failed: %s", exc)
+        return False
+    try:
+        _fresh_camera_manager(module)
+    except CameraError as exc:
+        log.warning("%s", exc)
+    if cameras:
+        log.debug("picamera2 cameras: %s", cameras)
+    return bool(cameras)
+
+
+def _fresh_camera_manager(module) -> None:
+    """Replace picamera2's CameraManager wrapper (and with it libcamera's manager) by a new one, the
+    labthings-picamera2 way. Refused while a camera of this process is open: its close() would then
+    clean up in the wrong manager."""
+    P = module.Picamera2
+    old = getattr(P, "_cm", None)
+    if old is not None and getattr(old, "cameras", None):
+        raise CameraError("another camera of this process is open; close it before reloading the tuning")
+    cm_class = getattr(getattr(module, "picamera2", None), "CameraManager", None) or type(old)
+    try:
+        del P._cm
+    except AttributeError:
+        pass
+    del old
+    gc.collect()
+    P._cm = cm_class()
+
+
+def _main_to_bgr(array: np.ndarray, fmt: str) -> np.ndarray:
+    """A main-stream array in DRM fourcc naming → HxWx3 BGR."""
+    if fmt == "RGB888":
+        return array
+    if fmt == "BGR888":
+        return np.ascontiguousarray(array[:, :, ::-1])
+    if fmt == "XRGB8888":
+        return np.ascontiguousarray(array[:, :, :3])
+    if fmt == "XBGR8888":
+        return np.ascontiguousarray(array[:, :, 2::-1])
+    raise CameraError(f"main stream format {fmt} cannot be delivered as BGR")
+
+
+class Picamera2Camera(CameraBackend):
+    """A Raspberry Pi camera through picamera2.
+
+    camera_num: index in Picamera2.global_camera_info(). tuning: a tuning dict or file path to open with
+    (None: the stock file of the sensor). packed_raw: ask for CSI2P raw (Pi 4 unpacks it here; on Pi 5 it
+    becomes lossy PISP_COMP1, refused unless `decompress`, e.g. picamera2.helpers.decompress, is given).
+    """
+
+    name = "picamera2"
+
+    def __init__(self, camera_num: int = 0, *, picamera2_module=None, tuning: dict | str | None = None,
+                 buffer_count: int = 3, packed_raw: bool = False,
+                 decompress: Callable[[np.ndarray], np.ndarray] | None = None):
+        if picamera2_module is None:
+            try:
+                picamera2_module = _import_picamera2()
+            except Exception as exc:
+                raise CameraError(
+                    f"picamera2 is not available ({exc}); on a Pi: sudo apt install python3-picamera2 and a venv "
+                    "created with --system-site-packages"
+                ) from None
+        if buffer_count < 1:
+            raise ValueError(f"buffer_count must be ≥ 1, got {buffer_count}")
+        self._module = picamera2_module
+        self._camera_num = int(camera_num)
+        self._tuning = copy.deepcopy(tuning)
+        self._buffer_count = int(buffer_count)
+        self._packed = bool(packed_raw)
+        self._decompress = decompress
+        self._lock = threading.RLock()  # the camera object: capture vs. reopen vs. controls
+        self._cam = None
+        self._started = False
+        self._requested: dict[str, Any] = {}
+        self._config_args: tuple | None = None
+        self._configuration: dict[str, Any] = {}
+        self._sequence = 0
+        self._table: LensShadingTable | None = None
+        self._raw_format = None
+        try:
+            _fresh_camera_manager(picamera2_module)  # whatever listed the cameras before must not pin the tuning
+        except CameraError as exc:
+            log.warning("%s", exc)
+        self._open(self._tuning)
+
+    # ================================================================ open / close
+    def _open(self, tuning) -> None:
+        P = self._module.Picamera2
+        try:
+            cam = P(self._camera_num, tuning=tuning)
+        except (IndexError, RuntimeError) as exc:
+            # drop the traceback: its frames hold libcamera objects (the camera manager) that would keep the
+            # failed tuning alive and make the next tuning silently ignored (#886)
+            raise CameraError(self._open_error(exc, tuning)) from exc.with_traceback(None)
+        self._cam = cam
+        self._properties = dict(cam.camera_properties)
+        self._model = str(self._properties.get("Model", "unknown"))
+        self._sensor_modes = cam.sensor_modes  # cached before start(): reading it configures every mode
+        log.info("opened camera %d: %s (rotation %s)", self._camera_num, self._model, self._properties.get("Rotation"))
+
+    def _open_error(self, exc: Exception, tuning) -> str:
+        text = str(exc) or type(exc).__name__
+        n = self._camera_num
+        if "did not complete" in text or "busy" in text.lower():
+            return (f"camera {n} is busy or failed to start ({text}): another program or another Picamera2 object "
+                    "in this process holds it; close it first")
+        if isinstance(exc, IndexError) or "No camera" in text:
+            if tuning is not None:
+                return (f"camera {n} did not open with the given tuning ({text}): libcamera drops a camera whose "
+                        "tuning file it rejects (bad version, wrong target, wrong LSC table size), or none is connected")
+            return (f"no camera {n} found ({text}): is a camera connected and enabled? "
+                    "check with `rpicam-hello --list-cameras`")
+        return f"camera {n} failed to open: {text}"
+
+    def _close_camera(self) -> None:
+        cam, self._cam = self._cam, None
+        self._started = False
+        if cam is None:
+            return
+        try:
+            cam.stop()
+        finally:
+            cam.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_camera()
+
+    # ================================================================ sensor facts
+    @property
+    def sensor(self) -> SensorInfo:
+        base = SENSORS.get(self._model.lower()) or self._generic_sensor()
+        if self._raw_format is None:
+            return base
+        bits = self._bit_depth
+        shift = base.bit_depth - bits
+        changes = {"bayer_order": self._raw_format.bayer_order, "bit_depth": bits}
+        if shift:
+            changes["black_level"] = base.black_level >> shift if shift > 0 else base.black_level << -shift
+            changes["target_white_level"] = (base.target_white_level >> shift if shift > 0
+                                             else base.target_white_level << -shift)
+        return dataclasses.replace(base, **changes)
+
+    def _generic_sensor(self) -> SensorInfo:
+        """Facts for a sensor missing from SENSORS, from what the camera reports (estimates where it is silent)."""
+        modes = tuple(
+            _mode(tuple(m["size"]), int(m["bit_depth"]), float(m["fps"]), tuple(m["crop_limits"]), 1)
+            for m in self._sensor_modes
+        )
+        bits = max(m.bit_depth for m in modes)
+        full = tuple(self._properties.get("PixelArraySize", max(m.size for m in modes)))
+        order = parse_raw_format(str(self._sensor_modes[0]["unpacked"])).bayer_order
+        ranges = self._cam.camera_controls if self._cam else {}
+        gmin, gmax = (ranges.get("AnalogueGain", (1.0, 16.0))[:2])
+        return SensorInfo(model=self._model, bayer_order=order, bit_depth=bits, black_level=4096 >> (16 - bits),
+                          target_white_level=int(0.68 * (2**bits - 1)), full_array=full, modes=modes,
+                          exposure_delay=2, gain_delay=2, vblank_delay=2, gain_min=float(gmin), gain_max=float(gmax),
+                          full_well_e=5000.0, read_noise_e=3.0, exposure_min_us=30.0, unit_cell_nm=0)
+
+    # ================================================================ configuration
+    def _picamera2_mode(self, mode: SensorMode) -> dict:
+        for m in self._sensor_modes:
+            if tuple(m["size"]) == tuple(mode.size) and int(m["bit_depth"]) == mode.bit_depth:
+                return m
+        raise CameraError(f"{self._model}: the camera lists no {mode.size[0]}x{mode.size[1]} {mode.bit_depth}-bit mode")
+
+    def configure(self, size: tuple[int, int], fps: float, raw_size: tuple[int, int] | None = None) -> dict[str, Any]:
+        w, h = int(size[0]), int(size[1])
+        if w <= 0 or h <= 0 or w % 2 or h % 2:
+            raise ValueError(f"main size must be positive and even, got {size}")
+        if fps < 0:
+            raise ValueError(f"fps must be ≥ 0 (0: free-running), got {fps}")
+        with self._lock:
+            if self._started:
+                raise CameraError("cannot configure a started camera; stop it first")
+            if self._cam is None:
+                raise CameraError("camera is closed")
+            base = SENSORS.get(self._model.lower()) or self._generic_sensor()
+            mode = base.mode_of_size(raw_size) if raw_size is not None else base.choose_mode((w, h), fps)
+            if fps > mode.fps_max + 1e-6:
+                raise ValueError(f"{self._model} mode {mode.size[0]}x{mode.size[1]} runs at most {mode.fps_max} fps, "
+                                 f"asked {fps}")
+            pmode = self._picamera2_mode(mode)
+            if fps > 0:
+                limits = (int(1e6 / fps), int(1e6 / fps))
+            else:
+                limits = (int(math.ceil(mode.min_frame_duration_us)), int(base.exposure_max_us))
+            controls = {**{k: v for k, v in self._requested.items() if k != "FrameDurationLimits"},
+                        "FrameDurationLimits": limits}
+            raw_format = str(pmode["format"]) if self._packed else str(pmode["unpacked"])
+            cam = self._cam
+            try:
+                config = cam.create_video_configuration(
+                    main={"size": (w, h), "format": MAIN_FORMAT},
+                    raw={"format": raw_format, "size": tuple(pmode["size"])},
+                    sensor={"output_size": tuple(pmode["size"]), "bit_depth": int(pmode["bit_depth"])},
+                    buffer_count=self._buffer_count, queue=False, controls=controls,
+                )
+                cam.configure(config)
+            except (RuntimeError, ValueError) as exc:
+                raise CameraError(f"configuring {self._model} for {w}x{h} failed: {exc}") from exc
+            actual = cam.camera_configuration()
+            fmt = parse_raw_format(actual["raw"]["format"])
+            if fmt.packing == "PISP_COMP1" and self._decompress is None:
+                raise CameraError(f"the camera delivers {fmt.name} (Pi 5 compressed raw); use packed_raw=False or "
+                                  "pass decompress=picamera2.helpers.decompress")
+            self._raw_format = fmt
+            self._raw_size = tuple(actual["raw"]["size"])
+            self._bit_depth = int(actual["sensor"]["bit_depth"])
+            self._main_format = actual["main"]["format"]
+            self._config_args = ((w, h), fps, raw_size)
+            self._configuration = {
+                "main": {"size": tuple(actual["main"]["size"]), "format": self._main_format},
+                "raw": {"size": self._raw_size, "format": fmt.name, "stride": actual["raw"]["stride"],
+                        "bit_depth": self._bit_depth},
+                "sensor": {"output_size": tuple(actual["sensor"]["output_size"]), "bit_depth": self._bit_depth},
+                "fps": float(fps),
+                "mode": {"size": mode.size, "crop": mode.crop, "binning": mode.binning, "fps_max": mode.fps_max},
+                "FrameDurationLimits": limits,
+                "bayer_order": fmt.bayer_order,
+            }
+            log.info("configured %s: main %dx%d, raw %s %s (stride %d), %.2f fps", self._model, w, h, fmt.name,
+                     self._raw_size, actual["raw"]["stride"], fps)
+            return self.configuration
+
+    @property
+    def configuration(self) -> dict[str, Any]:
+        return copy.deepcopy(self._configuration)
+
+    # ================================================================ lifecycle
+    def start(self) -> None:
+        with self._lock:
+            if self._cam is None:
+                raise CameraError("camera is closed")
+            if self._config_args is None:
+                self.configure((640, 480), 30.0)
+            if not self._started:
+                try:
+                    self._cam.start()
+                except RuntimeError as exc:
+                    raise CameraError(f"starting the camera failed: {exc}") from exc
+                self._started = True
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._cam is not None and self._started:
+                self._cam.stop()
+            self._started = False
+
+    # ================================================================ frames
+    def capture(self, timeout: float = 2.0) -> CapturedFrame:
+        if not self._lock.acquire(timeout=timeout + REOPEN_GRACE_S):
+            raise CameraError("camera busy (reopening) for too long")
+        try:
+            if self._cam is None or not self._started:
+                raise CameraError("camera not started")
+            cam = self._cam
+            try:
+                request = cam.wait(cam.capture_request(wait=False), timeout)
+            except TimeoutError:
+                raise CameraError(f"no frame from the camera within {timeout} s") from None
+            except RuntimeError as exc:
+                raise CameraError(f"capture failed: {exc}") from exc
+            try:  # pixels and metadata of one request, and the buffers go back at once
+                main = request.make_array("main")
+                raw8 = request.make_array("raw")
+                metadata = request.get_metadata()
+            finally:
+                request.release()
+            sequence = self._sequence
+            self._sequence += 1
+            fmt, size, bits, main_format = self._raw_format, self._raw_size, self._bit_depth, self._main_format
+        finally:
+            self._lock.release()
+        try:
+            raw = unpack_raw(raw8, fmt, size, bits, self._decompress)
+        except RawFormatError as exc:
+            raise CameraError(f"cannot unpack raw {fmt.name}: {exc}") from exc
+        levels = metadata.get("SensorBlackLevels")
+        if levels:
+            black = int(round(float(np.mean(levels)))) >> (16 - bits)
+        else:
+            black = self.sensor.black_level
+        return CapturedFrame(main=_main_to_bgr(main, main_format), raw=raw, metadata=metadata, sequence=sequence,
+                             bayer_order=fmt.bayer_order, bit_depth=bits, black_level=black)
+
+    # ================================================================ controls
+    def control_ranges(self) -> dict[str, tuple[Any, Any, Any]]:
+        with self._lock:
+            available = dict(self._cam.camera_controls) if self._cam is not None else {}
+        return {k: tuple(v) for k, v in available.items() if k in SUPPORTED_CONTROLS}
+
+    def controls(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._requested)
+
+    def _check_controls(self, controls: dict[str, Any]) -> dict[str, Any]:
+        ranges = self.control_ranges()
+        checked: dict[str, Any] = {}
+        for name, value in controls.items():
+            if name not in SUPPORTED_CONTROLS:
+                raise ValueError(f"unknown control {name!r}; the picamera2 backend accepts {', '.join(SUPPORTED_CONTROLS)}")
+            if name not in ranges:
+                raise ValueError(f"control {name} is not advertised by this camera ({self._model})")
+            low, high, _ = ranges[name]
+            if name in ("ExposureTime", "AnalogueGain"):
+                v = float(value)
+                if not math.isfinite(v) or (v != 0 and not low - 1e-9 <= v <= high + 1e-9):
+                    raise ValueError(f"{name} {value} is outside the camera's range {low}..{high} (0: automatic)")
+                value = int(v) if name == "ExposureTime" else v
+            elif name == "ColourGains":
+                r, b = (float(x) for x in value)
+                if not all(math.isfinite(x) and 0.0 <= x <= 32.0 for x in (r, b)):
+                    raise ValueError(f"ColourGains must be two numbers within 0–32, got {value}")
+                value = (r, b)
+            elif name in ("AeEnable", "AwbEnable"):
+                if not isinstance(value, (bool, np.bool_)):
+                    raise ValueError(f"{name} must be true or false, got {value!r}")
+                value = bool(value)
+            else:
+                value = tuple(int(x) for x in value)
+            checked[name] = value
+        return checked
+
+    def set_controls(self, controls: dict[str, Any]) -> None:
+        """Queue controls on the camera; picamera2 sends them with the next request (metadata shows when)."""
+        checked = self._check_controls(dict(controls))
+        with self._lock:
+            if self._cam is None:
+                raise CameraError("camera is closed")
+            try:
+                self._cam.set_controls(checked)
+            except RuntimeError as exc:
+                raise ValueError(f"the camera refused the controls: {exc}") from exc
+            self._requested.update(checked)
+
+    # ================================================================ lens shading
+    @property
+    def lens_shading(self) -> LensShadingTable | None:
+        """The table last put in force by apply_lens_shading (None: the tuning's own)."""
+        return self._table
+
+    @property
+    def tuning(self) -> dict | str | None:
+        """The tuning the camera was opened with (None: the sensor's stock file)."""
+        return copy.deepcopy(self._tuning)
+
+    def _current_tuning(self) -> dict:
+        if isinstance(self._tuning, dict):
+            return copy.deepcopy(self._tuning)
+        if isinstance(self._tuning, str):
+            try:
+                with open(self._tuning) as f:
+                    return json.load(f)
+            except (OSError, ValueError) as exc:
+                raise CameraError(f"cannot read the tuning file {self._tuning}: {exc}") from exc
+        try:
+            return self._module.Picamera2.load_tuning_file(self._model + ".json")
+        except (RuntimeError, OSError) as exc:
+            raise CameraError(f"cannot load the stock tuning file {self._model}.json: {exc}") from exc
+
+    def apply_lens_shading(self, table: LensShadingTable) -> None:
+        """Rewrite rpi.alsc with `table` and reopen the camera so a fresh CameraManager reads it.
+
+        The table's grid must be the one the tuning's target uses (16x12 bcm2835 / Pi 4, 32x32 pisp / Pi 5):
+        a table is fitted for a grid, so it is refused rather than resampled. If libcamera rejects the new
+        tuning, the previous one is reopened (the camera keeps working) and CameraError says so."""
+        with self._lock:
+            base = self._current_tuning()
+            target = target_of(base)
+            grid = grid_for_target(target)
+            if tuple(table.grid) != grid:
+                board = "Pi 5" if target == "pisp" else "Pi 4"
+                raise TuningError(f"this camera's tuning targets {target} ({board}), whose lens shading table is "
+                                  f"{grid[0]}x{grid[1]}; got {table.grid[0]}x{table.grid[1]}: fit the table on that grid")
+            self._reopen(with_lens_shading(base, table))
+            self._table = table
+
+    def _reopen(self, new_tuning: dict) -> None:
+        was_started = self._started
+        held = self._libcamera_manager_ref()
+        self._close_camera()
+        try:
+            _fresh_camera_manager(self._module)
+            if held is not None and held() is not None:
+                raise CameraError("libcamera's CameraManager is still referenced elsewhere in this process (an open "
+                                  "camera, or an object from global_camera_info()); a new tuning would be silently "
+                                  "ignored (picamera2 #886)")
+            self._open(new_tuning)
+        except CameraError as exc:
+            log.error("reopening with the new tuning failed: %s; restoring the previous tuning", str(exc))
+            self._restore(was_started)
+            raise CameraError(f"the new tuning could not be put in force ({exc}); the previous tuning is back "
+                              "in force") from exc
+        self._tuning = new_tuning
+        self._resume(was_started)
+        log.info("camera reopened with the new lens shading table")
+
+    def _libcamera_manager_ref(self):
+        """A weak reference to libcamera's CameraManager, to prove it was freed (None if unknowable)."""
+        cm = getattr(self._module.Picamera2, "_cm", None)
+        try:
+            return weakref.ref(cm.cms) if cm is not None else None
+        except (AttributeError, TypeError):
+            log.warning("cannot check that libcamera's CameraManager is recreated; the tuning may be ignored")
+            return None
+
+    def _restore(self, was_started: bool) -> None:
+        self._close_camera()
+        try:
+            _fresh_camera_manager(self._module)
+        except CameraError:
+            log.exception("cannot drop the camera manager")
+        self._open(self._tuning)
+        self._resume(was_started)
+
+    def _resume(self, was_started: bool) -> None:
+        if self._config_args is not None:
+            size, fps, raw_size = self._config_args
+            self.configure(size, fps, raw_size)
+        if was_started:
+            self.start()
