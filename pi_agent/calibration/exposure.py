@@ -119,6 +119,7 @@ def calibrate_exposure(source: FrameSource, settings: ExposureSettings | None = 
         camera.set_controls({"AeEnable": False, "ExposureTime": exposure, "AnalogueGain": gain})
         frame, stats = settle(source, {"ExposureTime": exposure, "AnalogueGain": gain}, controls, check_cancelled)
     md = frame.metadata
+    progress("exposure", 1.0, {"level": round(level, 1), "target": target, "reason": reason})
     report = {
         "level": round(level, 2),
         "target": round(target, 2),
