@@ -153,3 +153,23 @@ def test_headless_cli_exits_non_zero_when_calibration_fails(start_agent, capsys)
     captured = capsys.readouterr()
     assert code != 0
     assert "calibration failed" in captured.err
+
+
+def test_window_keys_start_calibration_and_draw_progress(start_agent, connect, tmp_path):
+    from host_viewer.app import ViewerApp
+    from host_viewer.calibration_ui import CalibrationKeys
+
+    client = connect(start_agent(camera=white_camera()))
+    app = ViewerApp(client)
+    keys = CalibrationKeys(client, report_dir=str(tmp_path))
+    keys.install(app)
+    assert {chr(k) for k in app.bindings} >= set("ewlacpq")
+    app.handle_key(ord("l"))
+    assert keys.running == "lens_shading"
+    image = np.zeros((240, 320, 3), np.uint8)
+    keys.draw(image)
+    assert image[-22:-10, 10:-10].any()  # the progress bar frame is drawn
+    wait_until(lambda: keys.running is None, timeout=60, message="lens shading finished")
+    assert keys.last_result["lens_shading"]["residual_pct"] <= 0.5, keys.message
+    app.handle_key(ord("p"))
+    assert list(tmp_path.glob("calibration-report-*.png")), keys.message
