@@ -35,6 +35,7 @@ class ViewerApp:
         self.running = True
         self.status_message = ""
         self.bindings: dict[int, Binding] = {}
+        self.overlays: list[Callable] = []  # overlay(image) draws on each shown frame (e.g. calibration progress)
         self.bind("q", "quit", self.quit)
 
     def bind(self, key: str, description: str, action: Callable[[], None]) -> None:
@@ -52,6 +53,8 @@ class ViewerApp:
 
     def render(self, frame, image, age_ms: float):
         draw_text_block(image, basic_lines(frame, self.session.fps_meter.rate(), age_ms, self.client.state))
+        for overlay in self.overlays:
+            overlay(image)
         return image
 
     def run(self, duration: float | None = None) -> ViewingSession:

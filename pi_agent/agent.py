@@ -14,8 +14,10 @@ from protocol.limits import PROTOCOL_VERSION
 
 from .camera.base import CameraBackend
 from .commands import AgentContext, CameraLease, CommandRouter
+from .calibration.service import CalibrationService
 from .pipeline import CapturePipeline
 from .server import AgentServer
+from .state import StateStore
 from .wire import plain
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,8 @@ class Agent:
     """Start with `start()`, stop with `stop()`; `port` is the bound port (handy with port 0 in tests)."""
 
     def __init__(self, camera: CameraBackend, listen: str, *, size=(640, 480), fps: float = 30.0, quality: int = 80,
-                 name: str | None = None, security=None, session_timeout: float = 5.0, context=None):
+                 name: str | None = None, security=None, session_timeout: float = 5.0, context=None,
+                 state_dir: str | None = None):
         self.camera = camera
         self.size = tuple(size)
         self.fps = fps
@@ -44,6 +47,9 @@ class Agent:
         self.pipeline = CapturePipeline(camera, on_frame=self._on_frame, on_event=self._on_event, quality=quality)
         self.context = AgentContext(camera=camera, pipeline=self.pipeline, lease=self.lease, info=self.info)
         self.router = CommandRouter(self.context)
+        # calibration commands; the saved calibration (controls + lens shading) goes in force before streaming
+        self.calibration = CalibrationService(self.context, self.router, StateStore(state_dir) if state_dir else None)
+        self.calibration.restore()
         self.server = AgentServer(listen, self.router, self.welcome, security=security,
                                   session_timeout=session_timeout, context=context)
         self.context.viewers = lambda: self.server.viewer_count

@@ -9,6 +9,7 @@ import sys
 import threading
 
 from .camera.factory import CAMERA_CHOICES, make_camera
+from .state import DEFAULT_STATE_DIR, StateStore
 
 log = logging.getLogger("pi_agent")
 
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--scene", default="chart", help="chart, white or dark")
     sim.add_argument("--colour-temperature", type=float, default=5000.0, metavar="K", help="illuminant, kelvin")
     sim.add_argument("--seed", type=int, default=0, help="random seed (determinism)")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                   help=f"where the calibration is kept and reloaded at start (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--clear-calibration", action="store_true",
+                   help="forget the saved calibration (and exported tuning) before starting")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
     return p
 
@@ -49,10 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .agent import Agent
 
+    if args.clear_calibration:
+        removed = StateStore(args.state_dir).clear()
+        log.info("calibration %s", f"cleared from {args.state_dir}" if removed else "was not saved; nothing to clear")
     try:
         camera = make_camera(args.camera, sensor=args.sensor, scene=args.scene,
                              colour_temperature=args.colour_temperature, seed=args.seed)
-        agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality)
+        agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality,
+                      state_dir=args.state_dir)
         port = agent.start()
     except (ValueError, RuntimeError) as exc:
         print(f"pi-agent: {exc}", file=sys.stderr)

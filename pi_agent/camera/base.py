@@ -117,6 +117,21 @@ class CameraBackend(abc.ABC):
     def configuration(self) -> dict[str, Any]:
         return {}
 
+    @property
+    def lens_shading(self) -> LensShadingTable | None:
+        """The lens shading table this backend put in force (None: the tuning's own table, or none)."""
+        return None
+
+    @property
+    def tuning_target(self) -> str:
+        """The ISP the tables are for: "bcm2835" (VC4, Pi 0-4: 16x12 grid) or "pisp" (Pi 5: 32x32 grid).
+        The simulator models a VC4 ISP."""
+        return "bcm2835"
+
+    def tuning(self) -> dict | None:
+        """The stock libcamera tuning dict in use, if the backend has one (None: no tuning file at hand)."""
+        return None
+
     def __enter__(self):
         return self
 

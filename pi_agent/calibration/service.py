@@ -1,0 +1,188 @@
+"""The agent's calibration commands (`calibrate`, `clear_calibration`) and the calibration state in force.
+
+`calibrate` runs as a job on its own thread holding the camera lease, so streaming continues (the viewer
+watches it converge) and other control commands get "busy". A cancelled or failed run restores the
+controls and lens shading table that were in force before it. Every successful result is persisted through
+the StateStore and reapplied when the agent starts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import threading
+from typing import Any
+
+from protocol import Command, ErrorCode
+
+from ..camera.base import CameraError, LensShadingTable
+from ..camera.tuning import GRIDS
+from ..commands import CommandRouter, Job
+from ..controls import SETTABLE
+from ..errors import CommandError
+from ..state import StateStore, table_from_json, table_to_json
+from .exposure import ExposureSettings
+from .frames import CalibrationError, PipelineFrameSource
+from .runner import normalise_what, run
+
+log = logging.getLogger(__name__)
+
+HOLDER = "calibrate"
+
+
+def _number(args: dict, name: str, low: float, high: float) -> float | None:
+    value = args.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CommandError(ErrorCode.BAD_ARGUMENT, f"calibrate: {name} must be a number")
+    if not low < value < high:
+        raise CommandError(ErrorCode.OUT_OF_RANGE, f"calibrate: {name} {value} must lie between {low} and {high}")
+    return float(value)
+
+
+class CalibrationService:
+    """Registers the commands on `router` and keeps the calibration state (persisted when `store` is set)."""
+
+    def __init__(self, context, router: CommandRouter, store: StateStore | None = None):
+        self.context = context
+        self.router = router
+        self.store = store
+        self._lock = threading.Lock()
+        self.state: dict[str, Any] = {}
+        router.register("calibrate", self._calibrate)
+        router.register("clear_calibration", self._clear)
+        context.extra["calibration_state"] = self.summary
+
+    # state ------------------------------------------------------------------------------------------
+    def restore(self) -> bool:
+        """Load the saved state (if any) and put it in force; True when something was applied."""
+        if self.store is None:
+            return False
+        saved = self.store.load()
+        if not saved:
+            return False
+        camera = self.context.camera
+        if saved.get("sensor") not in (None, camera.sensor.model):
+            log.warning("saved calibration is for %s, the camera is %s: not applied", saved.get("sensor"),
+                        camera.sensor.model)
+            return False
+        try:
+            controls = saved.get("controls") or {}
+            if controls:
+                camera.set_controls({k: (tuple(v) if isinstance(v, list) else v) for k, v in controls.items()})
+            if saved.get("lens_shading_table"):
+                table = table_from_json(saved["lens_shading_table"])
+                if table.grid != GRIDS[camera.tuning_target]:
+                    raise ValueError(f"table grid {table.grid} does not suit this ISP ({camera.tuning_target})")
+                camera.apply_lens_shading(table)
+        except (ValueError, KeyError, TypeError, CameraError) as exc:
+            log.error("could not apply the saved calibration from %s: %s", self.store.path, exc)
+            return False
+        with self._lock:
+            self.state = saved
+        log.info("calibration restored from %s", self.store.path)
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        """What is in force (for the welcome and status): small, no tables."""
+        with self._lock:
+            state = dict(self.state)
+        out: dict[str, Any] = {"in_force": bool(state.get("results")), "saved": state.get("saved"),
+                               "state_file": str(self.store.path) if self.store else None}
+        if self.store and state.get("lens_shading_table"):
+            out["tuning_file"] = str(self.store.tuning_path)
+        out["controls"] = state.get("controls", {})
+        out.update(state.get("results", {}))
+        return out
+
+    def _record(self, result: dict[str, Any], table: LensShadingTable | None, tuning: dict | None) -> None:
+        """Merge a successful result into the state in force and persist it."""
+        camera = self.context.camera
+        with self._lock:
+            state = dict(self.state)
+            results = dict(state.get("results", {}))
+            controls = dict(state.get("controls", {}))
+            if "exposure" in result:
+                e = result["exposure"]
+                controls.update({"AeEnable": False, "ExposureTime": e["ExposureTime"], "AnalogueGain": e["AnalogueGain"]})
+                results["exposure"] = {k: e[k] for k in ("level", "target", "measurements", "frames", "seconds",
+                                                         "ExposureTime", "AnalogueGain")}
+            if "white_balance" in result:
+                w = result["white_balance"]
+                controls.update({"AwbEnable": False, "ColourGains": list(w["colour_gains"])})
+                results["white_balance"] = {k: w[k] for k in ("colour_gains", "neutral_error_pct")}
+            if "lens_shading" in result and table is not None:
+                s = result["lens_shading"]
+                state["lens_shading_table"] = table_to_json(table)
+                results["lens_shading"] = {k: s[k] for k in ("grid", "residual_pct", "worst_cell_pct")}
+            state.update({"sensor": camera.sensor.model, "controls": controls, "results": results,
+                          "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+            self.state = state
+        if self.store is not None:
+            try:
+                self.store.save(state)
+                if tuning is not None:
+                    self.store.save_tuning(tuning)
+            except OSError as exc:
+                log.error("could not save the calibration to %s: %s", self.store.path, exc)
+
+    # commands ---------------------------------------------------------------------------------------
+    def _calibrate(self, command: Command, reply) -> None:
+        args = command.args if isinstance(command.args, dict) else {}
+        try:
+            what = normalise_what(args.get("what", "all"))
+        except ValueError as exc:
+            raise CommandError(ErrorCode.BAD_ARGUMENT, f"calibrate: {exc}") from None
+        sensor = self.context.camera.sensor
+        settings = ExposureSettings(
+            target=_number(args, "target", sensor.black_level, sensor.white_level),
+            tolerance=_number(args, "tolerance", 0.0, 0.5) or 0.05,
+            percentile=_number(args, "percentile", 50.0, 100.0) or 99.9,
+        )
+        camera = self.context.camera
+        before_controls = {k: v for k, v in camera.controls().items() if k in SETTABLE}
+        before_table = camera.lens_shading
+
+        def restore() -> None:
+            log.info("calibration stopped: restoring controls %s", before_controls)
+            if camera.lens_shading is not before_table:
+                camera.apply_lens_shading(before_table if before_table is not None
+                                          else LensShadingTable.flat(GRIDS[camera.tuning_target]))
+            if before_controls:
+                camera.set_controls(before_controls)
+
+        def work(job: Job) -> dict[str, Any]:
+            source = PipelineFrameSource(camera, self.context.pipeline)
+            try:
+                outcome = run(what, source, settings, lambda step, fraction, detail: job.progress(step, fraction, **detail),
+                              job.check_cancelled)
+            except CalibrationError as exc:
+                partial = getattr(exc, "outcome", None)
+                raise CommandError(ErrorCode.FAILED, f"calibration failed: {exc}",
+                                   detail=partial.result if partial is not None else {}) from None
+            except CameraError as exc:
+                raise CommandError(ErrorCode.CAMERA, f"calibration failed: the camera failed: {exc}") from None
+            finally:
+                source.close()
+            self._record(outcome.result, outcome.table, outcome.tuning)
+            value = dict(outcome.result)
+            if self.store is not None:
+                value["state_file"] = str(self.store.path)
+                if outcome.tuning is not None:
+                    value.setdefault("lens_shading", {})["tuning_file"] = str(self.store.tuning_path)
+            return value
+
+        self.router.start_job(command, reply, HOLDER, work, on_failure=restore)
+        return None
+
+    def _clear(self, command: Command, reply) -> dict[str, Any]:
+        self.context.lease.check_free()
+        camera = self.context.camera
+        camera.apply_lens_shading(LensShadingTable.flat(GRIDS[camera.tuning_target]))
+        camera.set_controls({"AeEnable": True, "AwbEnable": True})
+        removed = self.store.clear() if self.store is not None else False
+        with self._lock:
+            self.state = {}
+        return {"cleared": True, "state_file_removed": removed}

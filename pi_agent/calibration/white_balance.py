@@ -1,0 +1,128 @@
+"""White balance from raw: ColourGains = (G/R, G/B) of black-subtracted channel means over a neutral region.
+
+The ISP applies black level, then the lens shading gains, then ColourGains. So with a lens shading table in
+force each raw pixel is weighted by the table's gain for its channel AFTER black subtraction (the published
+routine multiplied before subtracting the pedestal, which tints the result). The result is checked where
+it matters: R/G and B/G of the same region in the processed output (linearised), which must be 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import numpy as np
+
+from ..bayer import plane_offsets
+from ..camera.isp import upsample_table
+from .frames import CalibrationError, FrameSource, SensorControls, settle
+
+log = logging.getLogger(__name__)
+
+REGIONS = ("centre", "flat")
+FRAMES = 2
+
+
+def _srgb_to_linear_lut() -> np.ndarray:
+    x = np.arange(256, dtype=np.float64) / 255.0
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+SRGB_TO_LINEAR = _srgb_to_linear_lut()
+
+
+def region_slices(shape: tuple[int, int], region: str) -> tuple[slice, slice]:
+    """Rows and columns of a region: "centre" is the middle 20 % × 20 %, "flat" the whole field."""
+    h, w = shape[:2]
+    if region == "flat":
+        return slice(0, h), slice(0, w)
+    if region == "centre":
+        return slice(int(h * 0.4), int(h * 0.6)), slice(int(w * 0.4), int(w * 0.6))
+    raise CalibrationError(f"unknown white balance region {region!r}; use one of {', '.join(REGIONS)}")
+
+
+def shading_gain_maps(table, raw_shape: tuple[int, int]) -> dict[str, np.ndarray] | None:
+    """Per-pixel lens shading gains the ISP applies to R, G and B (None: no table in force)."""
+    if table is None:
+        return None
+    r, g, b = table.channel_gains()
+    return {name: upsample_table(cells, raw_shape) for name, cells in (("R", r), ("G", g), ("B", b))}
+
+
+def raw_channel_means(raw: np.ndarray, bayer_order: str, black_level: int, region: str,
+                      gains: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Black-subtracted means of R, Gr, Gb and B over `region`, each pixel times its shading gain if given."""
+    rows, cols = region_slices(raw.shape, region)
+    out = {}
+    sub = raw[rows, cols].astype(np.float32) - np.float32(black_level)
+    for name, (y, x) in plane_offsets(bayer_order).items():
+        # keep the plane's sites inside the region (the slice may start on an odd row or column)
+        oy, ox = (y - rows.start) % 2, (x - cols.start) % 2
+        values = sub[oy::2, ox::2]
+        if gains is not None:
+            values = values * gains["G" if name.startswith("G") else name][rows, cols][oy::2, ox::2]
+        out[name] = float(values.mean())
+    return out
+
+
+def processed_neutral_error(main: np.ndarray, region: str) -> tuple[float, float]:
+    """(R/G, B/G) of `region` in a processed BGR frame, on linear light (sRGB gamma undone per pixel)."""
+    rows, cols = region_slices(main.shape, region)
+    linear = SRGB_TO_LINEAR[main[rows, cols]]
+    b, g, r = (float(linear[..., i].mean()) for i in range(3))
+    if g <= 0:
+        raise CalibrationError("the processed image is black in the neutral region")
+    return r / g, b / g
+
+
+def calibrate_white_balance(source: FrameSource, region: str = "centre", frames: int = FRAMES,
+                            progress: Callable[[str, float, dict], None] = lambda s, f, d: None,
+                            check_cancelled: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Set ColourGains (AwbEnable off) from raw, then measure the processed result; returns the report."""
+    region_slices((2, 2), region)  # validate early
+    camera = source.camera
+    controls = SensorControls(camera)
+    sums: dict[str, float] = {}
+    white = None
+    for i in range(frames):
+        check_cancelled()
+        frame, _ = source.next()
+        white = (1 << frame.bit_depth) - 1
+        gains = shading_gain_maps(camera.lens_shading, frame.raw.shape)
+        rows, cols = region_slices(frame.raw.shape, region)
+        if float(np.mean(frame.raw[rows, cols] >= white)) > 0.001:
+            raise CalibrationError("the neutral region is clipped; calibrate exposure first")
+        for name, value in raw_channel_means(frame.raw, frame.bayer_order, frame.black_level, region, gains).items():
+            sums[name] = sums.get(name, 0.0) + value / frames
+        progress("white_balance", 0.5 * (i + 1) / frames, {"frame": frame.sequence})
+    green = 0.5 * (sums["Gr"] + sums["Gb"])
+    if min(sums["R"], sums["B"], green) < 2.0:
+        raise CalibrationError(f"the neutral region is too dark for white balance (black-subtracted means "
+                               f"R {sums['R']:.1f}, G {green:.1f}, B {sums['B']:.1f}); calibrate exposure first")
+    colour_gains = (green / sums["R"], green / sums["B"])
+    low, high, _ = camera.control_ranges().get("ColourGains", (0.0, 32.0, None))
+    if not all(low < g <= high for g in colour_gains):
+        raise CalibrationError(f"colour gains {colour_gains[0]:.3f}, {colour_gains[1]:.3f} are outside the "
+                               f"camera's range {low}..{high}: is the region really neutral?")
+    colour_gains = (round(colour_gains[0], 5), round(colour_gains[1], 5))
+    camera.set_controls({"AwbEnable": False, "ColourGains": colour_gains})
+    frame, _ = settle(source, {"ColourGains": colour_gains}, controls, check_cancelled)
+    ratios = [processed_neutral_error(frame.main, region)]
+    for _ in range(frames - 1):
+        check_cancelled()
+        frame, _ = source.next()
+        ratios.append(processed_neutral_error(frame.main, region))
+    rg = float(np.mean([r for r, _ in ratios]))
+    bg = float(np.mean([b for _, b in ratios]))
+    error = 100.0 * max(abs(rg - 1.0), abs(bg - 1.0))
+    progress("white_balance", 1.0, {"colour_gains": list(colour_gains), "neutral_error_pct": round(error, 3)})
+    log.info("white balance: ColourGains %.4f, %.4f; processed R/G %.4f B/G %.4f", *colour_gains, rg, bg)
+    return {
+        "colour_gains": list(colour_gains),
+        "neutral_error_pct": round(error, 3),
+        "processed_rg": round(rg, 5),
+        "processed_bg": round(bg, 5),
+        "region": region,
+        "lens_shading_in_force": camera.lens_shading is not None,
+        "raw_means": {k: round(v, 3) for k, v in sums.items()},
+    }
