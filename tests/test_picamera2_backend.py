@@ -248,7 +248,7 @@ def test_a_broken_tuning_is_reported_and_the_previous_one_restored(monkeypatch):
     assert fake.world.managers_created[-1]["source"] is None  # and the stock tuning was read again
     np.testing.assert_allclose(fake.world.sim_of(0).lens_shading.luminance, stock.luminance)
     assert cam.capture().raw.shape == (990, 1332)  # still streaming
-    assert cam.tuning is None and cam.lens_shading is None
+    assert cam.opened_with_tuning is None and cam.lens_shading is None
     cam.close()
 
 
@@ -345,3 +345,31 @@ def test_the_agent_streams_end_to_end_over_the_fake(start_agent, connect):
 
     wait_until(applied, timeout=10, message="the new controls in the frame metadata")
     assert fake.world.outstanding[0] <= 1
+
+
+@pytest.mark.parametrize("platform, grid", [("vc4", (16, 12)), ("pisp", (32, 32))])
+def test_calibration_runs_through_the_picamera2_code_path(platform, grid):
+    """The same calibration code as on the simulator, driving the Picamera2 backend over the fake: exposure,
+    then a lens shading table on the platform's grid, applied by tuning rewrite + reopen, meeting the
+    accuracy targets, and exported from the stock tuning."""
+    from pi_agent.calibration.exposure import calibrate_exposure
+    from pi_agent.calibration.frames import CameraFrameSource
+    from pi_agent.calibration.lens_shading import calibrate_lens_shading
+
+    fake = make_fake_picamera2([CameraSpec("imx477", scene="white")], platform, seed=3)
+    cam = open_backend(fake, raw_size=(2028, 1520))
+    cam.start()
+    try:
+        assert cam.tuning_target == ("pisp" if platform == "pisp" else "bcm2835")
+        source = CameraFrameSource(cam)
+        exposure = calibrate_exposure(source)
+        assert exposure["converged"], exposure
+        report, table, tuning = calibrate_lens_shading(source)
+    finally:
+        cam.close()
+    assert table.grid == grid and report["grid"] == list(grid)
+    assert report["before"]["residual_pct"] > 5
+    assert report["residual_pct"] <= 0.5 and report["worst_cell_pct"] <= 2.0, report
+    assert report["tuning_base"] == "stock"
+    assert len(find_algo(tuning, "rpi.alsc")["luminance_lut"]) == grid[0] * grid[1]
+    assert find_algo(fake.world.managers_created[-1]["tunings"][0], "rpi.alsc")["n_iter"] == 0

@@ -409,9 +409,19 @@ class Picamera2Camera(CameraBackend):
         return self._table
 
     @property
-    def tuning(self) -> dict | str | None:
+    def opened_with_tuning(self) -> dict | str | None:
         """The tuning the camera was opened with (None: the sensor's stock file)."""
         return copy.deepcopy(self._tuning)
+
+    def tuning(self) -> dict:
+        """The tuning dict in use (the stock file when none was given), for exporting a calibrated copy."""
+        with self._lock:
+            return self._current_tuning()
+
+    @property
+    def tuning_target(self) -> str:
+        """"pisp" on a Pi 5 (32x32 tables), "bcm2835" on a Pi 0-4 (16x12), from the tuning in use."""
+        return target_of(self.tuning())
 
     def _current_tuning(self) -> dict:
         if isinstance(self._tuning, dict):
