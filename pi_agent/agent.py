@@ -16,6 +16,7 @@ from .camera.base import CameraBackend
 from .commands import AgentContext, CameraLease, CommandRouter
 from .pipeline import CapturePipeline
 from .server import AgentServer
+from .snapshot import SnapshotCommand
 from .wire import plain
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ class Agent:
     """Start with `start()`, stop with `stop()`; `port` is the bound port (handy with port 0 in tests)."""
 
     def __init__(self, camera: CameraBackend, listen: str, *, size=(640, 480), fps: float = 30.0, quality: int = 80,
-                 name: str | None = None, security=None, session_timeout: float = 5.0, context=None):
+                 name: str | None = None, security=None, session_timeout: float = 5.0, context=None,
+                 announce: bool = False):
         self.camera = camera
         self.size = tuple(size)
         self.fps = fps
@@ -44,11 +46,14 @@ class Agent:
         self.pipeline = CapturePipeline(camera, on_frame=self._on_frame, on_event=self._on_event, quality=quality)
         self.context = AgentContext(camera=camera, pipeline=self.pipeline, lease=self.lease, info=self.info)
         self.router = CommandRouter(self.context)
+        SnapshotCommand(self.pipeline, lambda: self.configuration).register(self.router)
         self.server = AgentServer(listen, self.router, self.welcome, security=security,
                                   session_timeout=session_timeout, context=context)
         self.context.viewers = lambda: self.server.viewer_count
         self.port: int | None = None
         self._stopped = threading.Event()
+        self.announce = announce  # mDNS/zeroconf announcement (pi_agent/announce.py)
+        self.announcer = None
 
     def welcome(self) -> Welcome:
         sensor = self.camera.sensor
@@ -84,12 +89,20 @@ class Agent:
     def start(self) -> int:
         self.port = self.server.start()
         self.pipeline.start()
+        if self.announce:
+            from .announce import Announcer
+
+            self.announcer = Announcer(self.server.host, self.port, self.info, self.camera.sensor.model,
+                                       PROTOCOL_VERSION)
+            self.announcer.start()
         return self.port
 
     def stop(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.announcer is not None:
+            self.announcer.stop()
         self.router.cancel_all()
         self.pipeline.stop()
         self.server.stop()
