@@ -203,7 +203,7 @@ class ViewerApp:
         return changed
 
     def run(self, duration: float | None = None) -> ViewingSession:
-        cv2.namedWindow(self.title, cv2.WINDOW_AUTOSIZE)
+        cv2.namedWindow(self.title, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)  # no Qt toolbar: keys are ours
         end = time.monotonic() + duration if duration else float("inf")
         last_draw = 0.0
         next_sample = 0.0
