@@ -21,7 +21,7 @@ WHITE = (255, 255, 255)
 CHANNEL_COLOURS = {"R": (60, 60, 255), "Gr": (60, 220, 60), "Gb": (200, 255, 120), "B": (255, 120, 40)}
 STATE_COLOURS = {"connected": (80, 220, 80), "reconnecting": (0, 200, 255), "connecting": (0, 200, 255),
                  "refused": (60, 60, 255), "closed": (160, 160, 160)}
-HIST_SIZE = (256, 96)  # plot width (one column per bin) and height, pixels
+HIST_SIZE = (300, 96)  # plot width (one column per bin) and height, pixels
 
 
 @dataclass
@@ -36,9 +36,9 @@ class Overlay:
 def stats_lines(tile: CameraTile) -> list[str]:
     client = tile.client
     return [
-        f"fps received {tile.received_meter.rate():5.1f}   shown {tile.session.fps_meter.rate():5.1f}",
+        f"fps received {tile.received_meter.rate(tile.last_sample):5.1f}   shown {tile.session.fps_meter.rate():5.1f}",
         f"age {tile.last_age_ms:6.1f} ms   dropped {client.frames_dropped}",
-        f"link {tile.link_meter.rate() * 8 / 1e6:6.2f} Mbit/s",
+        f"link {tile.link_meter.rate(tile.last_sample) * 8 / 1e6:6.2f} Mbit/s",
     ]
 
 
@@ -119,8 +119,13 @@ def draw_histogram(image: np.ndarray, tile: CameraTile) -> None:
         cx = px + pw - 1  # the clipping level is the top bin
         cv2.line(image, (cx, py), (cx, py + ph - 1), (0, 0, 255), 2)
     clipped = stats.get("clipped") or []
-    label = "clipped " + " ".join(f"{n} {100 * c:.2f}%" for n, c in zip(channels, clipped))
-    cv2.putText(image, label, (px, py + ph + 14), FONT, 0.35, WHITE, 1, cv2.LINE_AA)
+    x = px
+    cv2.putText(image, "clip", (x, py + ph + 16), FONT, 0.4, WHITE, 1, cv2.LINE_AA)
+    x += 34
+    for name, fraction in zip(channels, clipped):
+        label = f"{name} {100 * fraction:.2f}%"
+        cv2.putText(image, label, (x, py + ph + 16), FONT, 0.4, CHANNEL_COLOURS.get(name, WHITE), 1, cv2.LINE_AA)
+        x += cv2.getTextSize(label, FONT, 0.4, 1)[0][0] + 8
     cv2.putText(image, "raw log hist", (px + 2, py + 10), FONT, 0.35, (200, 200, 200), 1, cv2.LINE_AA)
 
 

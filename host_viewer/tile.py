@@ -48,6 +48,7 @@ class CameraTile:
         self.received_meter = RateMeter()
         self.link_meter = RateMeter()
         self._last_counts = (0, 0)
+        self.last_sample: float | None = None  # when the counters were last turned into rates
         self.status = ""
         self.status_time = 0.0
         self.progress: CommandProgress | None = None
@@ -75,6 +76,7 @@ class CameraTile:
         self.received_meter.add(frames - last_frames, now)
         self.link_meter.add(data - last_bytes, now)
         self._last_counts = (frames, data)
+        self.last_sample = now
 
     def shown(self, frame: ReceivedFrame, image) -> None:
         self.last_frame = frame

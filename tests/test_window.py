@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from host_viewer.overlays import HIST_SIZE
 from pi_agent.camera.sim import SimulatedCamera
 
 from .conftest import wait_until
@@ -73,7 +74,7 @@ def test_window_draws_overlays_and_keys_reach_the_agent(xserver, start_agent, tm
         assert video_level < 20, "the dark scene's video should be nearly black"
         panel = first[hy0:hy1, hx0:hx1]
         assert (panel.max(axis=2) > 100).sum() > 200  # lines and text, not video
-        red_clip_line = first[hy0 + 10 : hy1 - 40, hx0 + 8 + 255, :]
+        red_clip_line = first[hy0 + 10 : hy1 - 40, hx0 + 8 + HIST_SIZE[0] - 1, :]  # the clipping level
         assert (red_clip_line[:, 2] > 200).mean() > 0.9 and red_clip_line[:, 0].mean() < 60
 
         # The histogram key turns the panel off: the same place now shows the video.
