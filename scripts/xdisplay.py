@@ -76,7 +76,7 @@ class XServer:
             raise RuntimeError(f"xdotool {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
 
-    def find_window(self, name: str, timeout: float = 15.0) -> str:
+    def find_window(self, name: str, timeout: float = 30.0) -> str:
         def search():
             out = self.xdotool("search", "--onlyvisible", "--name", name, check=False).split()
             return out[-1] if out else None
