@@ -68,11 +68,17 @@ def draw_controls(image: np.ndarray, tile: CameraTile) -> None:
     draw_text_block(image, controls_lines(tile), origin=(8, 84))
 
 
-def draw_connection(image: np.ndarray, tile: CameraTile) -> None:
+def connection_text(tile: CameraTile) -> str:
     client = tile.client
     text = f"{tile.name}: {client.state}"
     if client.state_detail:
         text += f" ({client.state_detail[:40]})"
+    return text
+
+
+def draw_connection(image: np.ndarray, tile: CameraTile) -> None:
+    client = tile.client
+    text = connection_text(tile)
     (w, h), _ = cv2.getTextSize(text, FONT, 0.5, 1)
     x0 = max(0, image.shape[1] - w - 20)
     roi = image[6 : 6 + h + 12, x0 : x0 + w + 14]

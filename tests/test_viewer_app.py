@@ -11,7 +11,7 @@ import pytest
 
 from host_viewer.app import ViewerApp
 from host_viewer.manual import stepped_exposure, stepped_gain
-from host_viewer.overlays import controls_lines, histogram_box, stats_lines
+from host_viewer.overlays import connection_text, controls_lines, histogram_box, stats_lines
 from pi_agent.commands import CommandRouter
 
 from .conftest import wait_until
@@ -144,3 +144,16 @@ def test_tiles_keys_act_on_the_selected_camera(start_agent, connect):
     wait_until(lambda: agents[1].camera.controls().get("AeEnable") is False, 5, message="second agent manual")
     assert [a.camera.controls().get("ExposureTime") for a in (agents[0], agents[2])] == [before[0], before[2]]
     assert agents[0].camera.controls().get("AeEnable") is not False
+
+
+def test_connection_overlay_follows_the_client_state(start_agent, connect):
+    agent = start_agent(name="bench-pi")
+    app = ViewerApp(connect(agent, silence_timeout=0.5), overlays=["connection"])
+    poll(app, lambda: app.tile.last_image is not None)
+    assert connection_text(app.tile) == "bench-pi: connected"
+    before = app.compose()
+    agent.stop()
+    poll(app, lambda: connection_text(app.tile) == "bench-pi: reconnecting", message="reconnecting shown")
+    after = app.compose()
+    h, w = before.shape[:2]
+    assert not np.array_equal(before[6:30, w - 260:], after[6:30, w - 260:])
