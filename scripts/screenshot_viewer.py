@@ -47,6 +47,7 @@ def main() -> int:
         try:
             window = x.find_window("picamlink")
             geometry = wait_for(lambda: (g := x.window_geometry(window))[2:] == (800, 600) and g, 15, "the window")
+            x.remap(window)  # a fresh Expose so Qt paints (no window manager here)
             time.sleep(2.0)  # let the rates settle: this is a picture for people, not a test
             x.send_key(window, "s")
             wait_for(lambda: list(Path(saved).glob("*.dng")), 15, "the snapshot")

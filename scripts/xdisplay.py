@@ -87,6 +87,11 @@ class XServer:
         values = dict(line.split("=", 1) for line in self.xdotool("getwindowgeometry", "--shell", window).split())
         return int(values["X"]), int(values["Y"]), int(values["WIDTH"]), int(values["HEIGHT"])
 
+    def remap(self, window: str) -> None:
+        """Unmap and map a window: a fresh Expose, so the toolkit paints it (what a window manager causes)."""
+        self.xdotool("windowunmap", "--sync", window)
+        self.xdotool("windowmap", "--sync", window)
+
     def send_key(self, window: str, key: str) -> None:
         self.xdotool("windowfocus", "--sync", window)
         self.xdotool("key", "--clearmodifiers", key)

@@ -7,11 +7,13 @@ reads the window's pixels with an X screenshot (mss) and sends keys with xdotool
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -53,7 +55,7 @@ def test_window_draws_overlays_and_keys_reach_the_agent(xserver, start_agent, tm
     viewer = subprocess.Popen(
         [sys.executable, "-m", "host_viewer.cli", f"127.0.0.1:{agent.port}", "--overlays", "all",
          "--save-dir", str(tmp_path / "saved"), "--log-level", "INFO"],
-        cwd=ROOT, env=xserver.env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, env={**xserver.env, "PYTHONFAULTHANDLER": "1"}, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
         window = xserver.find_window("picamlink")
@@ -61,15 +63,26 @@ def test_window_draws_overlays_and_keys_reach_the_agent(xserver, start_agent, tm
         x, y, w, h = wait_until(lambda: (g := xserver.window_geometry(window))[2:] == (640, 480) and g, 15,
                                 message="a 640x480 window")
 
+        # Map the window afresh, as a window manager would: without one, Qt under Xvfb sometimes misses the
+        # Expose of its first resize on a loaded machine and never paints (seen: a black window for 30 s).
+        xserver.remap(window)
+
         def shot() -> np.ndarray:
-            return xserver.screenshot((x, y, w, h)).astype(np.int16)
+            """The window's pixels (its position is read each time: Qt may move it after resizing)."""
+            return xserver.screenshot(xserver.window_geometry(window)).astype(np.int16)
 
         hx0, hy0, hx1, hy1 = histogram_region(w, h)
         centre = (slice(h // 2 - 40, h // 2 + 40), slice(w // 2 - 120, w // 2 + 120))
 
         # The video of the dark scene is black; the histogram panel is drawn over it (curves, clip marker).
-        first = wait_until(lambda: (s := shot())[hy0:hy1, hx0:hx1].max() > 150 and [s], 10,
-                           message="histogram panel on screen")[0]
+        try:
+            first = wait_until(lambda: (s := shot())[hy0:hy1, hx0:hx1].max() > 150 and [s], 30,
+                               message="histogram panel on screen")[0]
+        except AssertionError:
+            cv2.imwrite(str(tmp_path / "failed.png"), shot().astype(np.uint8))
+            viewer.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: the viewer's threads go to its log
+            viewer.wait(5)
+            raise
         video_level = first[centre].mean()
         assert video_level < 20, "the dark scene's video should be nearly black"
         panel = first[hy0:hy1, hx0:hx1]
