@@ -19,14 +19,21 @@ WHAT = {"exposure": "exposure", "white-balance": "white_balance", "lens-shading"
 TIMEOUT = 180.0  # seconds a whole "all" may take on a slow Pi (long exposures, 12 MP raw)
 
 
-def start_calibration(client: AgentClient, what: str, *, target: float | None = None,
-                      tolerance: float | None = None, percentile: float | None = None,
-                      on_progress: Callable[[Progress], None] | None = None) -> PendingCommand:
-    """Send `calibrate`; the returned PendingCommand's future gives the result value (or CommandFailed)."""
+def calibrate_args(what: str, *, target: float | None = None, tolerance: float | None = None,
+                   percentile: float | None = None) -> dict[str, Any]:
+    """The `calibrate` command's arguments (CLI spellings such as "white-balance" accepted)."""
     args: dict[str, Any] = {"what": WHAT.get(what, what)}
     for name, value in (("target", target), ("tolerance", tolerance), ("percentile", percentile)):
         if value is not None:
             args[name] = value
+    return args
+
+
+def start_calibration(client: AgentClient, what: str, *, target: float | None = None,
+                      tolerance: float | None = None, percentile: float | None = None,
+                      on_progress: Callable[[Progress], None] | None = None) -> PendingCommand:
+    """Send `calibrate`; the returned PendingCommand's future gives the result value (or CommandFailed)."""
+    args = calibrate_args(what, target=target, tolerance=tolerance, percentile=percentile)
     return client.send_command("calibrate", args, ttl=TIMEOUT, on_progress=on_progress)
 
 

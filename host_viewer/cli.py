@@ -1,4 +1,6 @@
-"""`host-viewer HOST:PORT`: show an agent's live video, or run headless and summarise it as JSON."""
+"""`host-viewer [HOST:PORT ...]`: show agents' live video (tiled when several), or run headless: summarise,
+take a snapshot, record. With no address it lists the agents announced on the local network and connects
+to the one chosen."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import json
 import logging
 import sys
 import time
+from contextlib import ExitStack
+from pathlib import Path
 
 from .calibration import WHAT, calibration_summary, progress_line, start_calibration
 from .client import AgentClient, CommandFailed
@@ -18,7 +22,9 @@ log = logging.getLogger("host_viewer")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="host-viewer", description=__doc__)
-    p.add_argument("address", metavar="HOST:PORT", help="the agent's address, e.g. raspberrypi.local:5555")
+    p.add_argument("address", metavar="HOST:PORT", nargs="*",
+                   help="agent address(es), e.g. raspberrypi.local:5555; several are tiled in one window; "
+                        "none: find agents on the local network (mDNS)")
     p.add_argument("--headless", action="store_true", help="no window: receive, decode and summarise")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--summary-json", metavar="FILE", help="write a JSON summary at exit ('-' for stdout)")
@@ -28,13 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibrate on the agent first: exposure, white-balance, lens-shading or all")
     p.add_argument("--target", type=float, default=None, help="exposure target white level (raw, pedestal included)")
     p.add_argument("--report", metavar="DIR", help="save the lens shading report picture into DIR")
+    p.add_argument("--snapshot", metavar="DIR", help="take one full-resolution snapshot (JPEG + DNG + JSON) into DIR")
+    p.add_argument("--record", metavar="FILE.mkv", help="record the received JPEG frames (no re-encoding) to FILE")
+    p.add_argument("--save-dir", metavar="DIR", default=".", help="where the s and r keys save files (default .)")
+    p.add_argument("--overlays", default="stats,controls,histogram,progress,connection", metavar="LIST",
+                   help="overlays on at start: comma list of stats, controls, histogram, progress, connection; "
+                        "'all' or 'none'")
+    p.add_argument("--list", action="store_true", help="list the agents found on the local network and exit")
+    p.add_argument("--discover-timeout", type=float, default=2.0, metavar="S", help="how long to browse (mDNS)")
     p.add_argument("--log-level", default="WARNING")
     return p
 
 
-def run_headless(client: AgentClient, duration: float | None, session: ViewingSession | None = None) -> ViewingSession:
+def run_headless(client: AgentClient, duration: float | None, recorder=None,
+                 session: ViewingSession | None = None) -> ViewingSession:
+    """Receive, decode and measure (and record, if `recorder`) until `duration` has passed."""
     session = session or ViewingSession(client)
-    end = time.monotonic() + duration if duration else float("inf")
+    end = time.monotonic() + duration if duration is not None else float("inf")
     last = None
     while time.monotonic() < end:
         try:
@@ -42,13 +58,15 @@ def run_headless(client: AgentClient, duration: float | None, session: ViewingSe
         except TimeoutError:
             continue
         last = frame.sequence
+        if recorder is not None:
+            recorder.write(frame)
         session.record(frame, frame.decode())
     return session
 
 
 def run_calibration(client: AgentClient, args, session: ViewingSession) -> tuple[dict | None, str | None]:
     """Run `calibrate` while receiving frames (the stream goes on); progress lines go to stderr.
-    Returns (result value, None) or (None, error sentence)."""
+    Returns (result value, None) or (partial result or None, error sentence)."""
     pending = start_calibration(client, args.calibrate, target=args.target,
                                 on_progress=lambda p: print(progress_line(p), file=sys.stderr, flush=True))
     last = None
@@ -65,6 +83,18 @@ def run_calibration(client: AgentClient, args, session: ViewingSession) -> tuple
         return (exc.detail or None), f"{exc.code}: {exc.message}"
 
 
+def take_snapshot(client: AgentClient, directory: str) -> dict:
+    """Ask the agent for a snapshot and save it; returns the saved files and the frame facts."""
+    from .snapshot import save_snapshot
+
+    value = client.command("snapshot", {}, timeout=15.0)
+    welcome = client.welcome
+    files = save_snapshot(value, directory, agent=welcome.agent if welcome else None,
+                          model=(welcome.sensor.get("model") if welcome else None) or "camera")
+    return {**files.as_dict(), "frame": value.get("frame"), "width": value.get("width"),
+            "height": value.get("height"), "raw_shape": value.get("raw", {}).get("shape")}
+
+
 def write_summary(summary: dict, target: str) -> None:
     text = json.dumps(summary, indent=2)
     if target == "-":
@@ -75,43 +105,119 @@ def write_summary(summary: dict, target: str) -> None:
             f.write(text + "\n")
 
 
+def find_address(args) -> str | None:
+    """With no address given: browse mDNS, list what answers, pick the only one or ask for a number."""
+    from .discovery import choose, discover
+
+    agents = discover(args.discover_timeout)
+    if not agents:
+        print(f"host-viewer: no agent announced itself within {args.discover_timeout:g} s; give HOST:PORT "
+              f"(agents announce unless started with --no-announce; mDNS needs multicast)", file=sys.stderr)
+        return None
+    for i, agent in enumerate(agents, 1):
+        print(f"{i}. {agent.describe()}", file=sys.stderr)
+    if args.list:
+        return None
+    ask = input if sys.stdin.isatty() else None
+    chosen = choose(agents, ask)
+    if chosen is None:
+        print("host-viewer: several agents found; give one's HOST:PORT (or run in a terminal to choose)",
+              file=sys.stderr)
+    return chosen.address if chosen else None
+
+
+def parse_overlays(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    return [] if names == ["none"] else names
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    addresses = list(args.address)
+    if args.list or not addresses:
+        address = find_address(args)
+        if args.list:
+            return 0
+        if address is None:
+            return 1
+        addresses = [address]
+    if args.headless and len(addresses) > 1:
+        print("host-viewer: --headless takes one agent address", file=sys.stderr)
+        return 2
+    if args.record and not args.record.lower().endswith(".mkv"):
+        print(f"host-viewer: --record needs a .mkv file name (Matroska, MJPEG), not {args.record!r}", file=sys.stderr)
+        return 2
     try:
-        client = AgentClient(args.address, credit=args.credit)
+        clients = [AgentClient(a, credit=args.credit) for a in addresses]
     except ValueError as exc:
         print(f"host-viewer: {exc}", file=sys.stderr)
         return 2
-    with client:
-        try:
-            client.wait_connected(args.connect_timeout)
-        except TimeoutError:
-            print(f"host-viewer: no agent answered at {args.address} within {args.connect_timeout:g} s "
-                  f"(is pi-agent running there?)", file=sys.stderr)
-            return 1
-        failure = None
-        calibration = None
+    summary: dict = {}
+    calibration = failure = None
+    with ExitStack() as stack:
+        for client in clients:
+            stack.enter_context(client)
+        for client in clients:
+            try:
+                client.wait_connected(args.connect_timeout)
+            except TimeoutError:
+                print(f"host-viewer: no agent answered at {client.address} within {args.connect_timeout:g} s "
+                      f"(is pi-agent running there?)", file=sys.stderr)
+                return 1
+        client = clients[0]
         if args.headless:
             session = ViewingSession(client)
             if args.calibrate:
                 calibration, failure = run_calibration(client, args, session)
                 if failure:
                     print(f"host-viewer: calibration failed: {failure}", file=sys.stderr)
-            if args.duration or not args.calibrate:
-                run_headless(client, args.duration, session)
+            if args.snapshot:
+                try:
+                    summary_snapshot = take_snapshot(client, args.snapshot)
+                except (CommandFailed, OSError) as exc:
+                    print(f"host-viewer: snapshot failed: {exc}", file=sys.stderr)
+                    return 1
+            recorder = None
+            if args.record:
+                from .recording import Recorder, RecordingError
+
+                try:
+                    recorder = Recorder(args.record, fps_hint=float(client.welcome.stream.get("fps") or 30) or 30.0)
+                except RecordingError as exc:
+                    print(f"host-viewer: {exc}", file=sys.stderr)
+                    return 2
+            duration = args.duration
+            if duration is None and (args.snapshot or args.calibrate) and not args.record:
+                duration = 0.0  # a snapshot or a calibration alone: done
+            try:
+                run_headless(client, duration, recorder, session)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                if recorder is not None:
+                    summary["recording"] = recorder.close().as_dict()
+            summary = {**session.summary(), **summary}
+            if args.snapshot:
+                summary["snapshot"] = summary_snapshot
         else:
             from .app import ViewerApp
             from .calibration_ui import CalibrationKeys
 
-            app = ViewerApp(client)
-            keys = CalibrationKeys(client, report_dir=args.report)
+            app = ViewerApp(clients, save_dir=args.snapshot or args.save_dir, overlays=parse_overlays(args.overlays))
+            keys = CalibrationKeys(report_dir=args.report)
             keys.install(app)
             if args.calibrate:
                 keys.start(WHAT[args.calibrate])
+            if args.record:
+                app.tile.start_recording(Path(args.record))
+            if args.snapshot:
+                app.tile.snapshot()
             session = app.run(args.duration)
+            summary = session.summary()
+            summary["cameras"] = [tile.session.summary() for tile in app.tiles] if len(app.tiles) > 1 else None
+            summary["snapshots"] = [s for tile in app.tiles for s in tile.snapshots]
             calibration = keys.last_result
-        summary = session.summary()
     if calibration:
         summary["calibration"] = calibration_summary(calibration)
         if args.report and "lens_shading" in calibration and "luminance" in calibration["lens_shading"]:

@@ -18,6 +18,7 @@ from .calibration.service import CalibrationService
 from .pipeline import CapturePipeline
 from .server import AgentServer
 from .state import StateStore
+from .snapshot import SnapshotCommand
 from .wire import plain
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class Agent:
 
     def __init__(self, camera: CameraBackend, listen: str, *, size=(640, 480), fps: float = 30.0, quality: int = 80,
                  name: str | None = None, security=None, session_timeout: float = 5.0, context=None,
-                 state_dir: str | None = None):
+                 state_dir: str | None = None, announce: bool = False):
         self.camera = camera
         self.size = tuple(size)
         self.fps = fps
@@ -50,11 +51,14 @@ class Agent:
         # calibration commands; the saved calibration (controls + lens shading) goes in force before streaming
         self.calibration = CalibrationService(self.context, self.router, StateStore(state_dir) if state_dir else None)
         self.calibration.restore()
+        SnapshotCommand(self.pipeline, lambda: self.configuration).register(self.router)
         self.server = AgentServer(listen, self.router, self.welcome, security=security,
                                   session_timeout=session_timeout, context=context)
         self.context.viewers = lambda: self.server.viewer_count
         self.port: int | None = None
         self._stopped = threading.Event()
+        self.announce = announce  # mDNS/zeroconf announcement (pi_agent/announce.py)
+        self.announcer = None
 
     def welcome(self) -> Welcome:
         sensor = self.camera.sensor
@@ -90,12 +94,20 @@ class Agent:
     def start(self) -> int:
         self.port = self.server.start()
         self.pipeline.start()
+        if self.announce:
+            from .announce import Announcer
+
+            self.announcer = Announcer(self.server.host, self.port, self.info, self.camera.sensor.model,
+                                       PROTOCOL_VERSION)
+            self.announcer.start()
         return self.port
 
     def stop(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.announcer is not None:
+            self.announcer.stop()
         self.router.cancel_all()
         self.pipeline.stop()
         self.server.stop()

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=parse_size, default=(640, 480), metavar="WxH", help="main stream size")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate (0 = as fast as possible)")
     p.add_argument("--quality", type=int, default=80, help="JPEG quality 1-100")
+    p.add_argument("--name", default=None, help="the agent's name shown to viewers (default: the hostname)")
+    p.add_argument("--no-announce", action="store_true",
+                   help="do not announce the agent on the local network (mDNS/zeroconf)")
     sim = p.add_argument_group("simulated camera")
     sim.add_argument("--sensor", default="imx219", help="imx219, imx477, imx708 or ov5647")
     sim.add_argument("--scene", default="chart", help="chart, white or dark")
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         camera = make_camera(args.camera, sensor=args.sensor, scene=args.scene,
                              colour_temperature=args.colour_temperature, seed=args.seed)
         agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality,
-                      state_dir=args.state_dir)
+                      state_dir=args.state_dir, name=args.name, announce=not args.no_announce)
         port = agent.start()
     except (ValueError, RuntimeError) as exc:
         print(f"pi-agent: {exc}", file=sys.stderr)

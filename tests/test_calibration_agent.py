@@ -155,21 +155,23 @@ def test_headless_cli_exits_non_zero_when_calibration_fails(start_agent, capsys)
     assert "calibration failed" in captured.err
 
 
-def test_window_keys_start_calibration_and_draw_progress(start_agent, connect, tmp_path):
+def test_window_keys_start_calibration_and_show_progress(start_agent, connect, tmp_path):
     from host_viewer.app import ViewerApp
     from host_viewer.calibration_ui import CalibrationKeys
 
     client = connect(start_agent(camera=white_camera()))
     app = ViewerApp(client)
-    keys = CalibrationKeys(client, report_dir=str(tmp_path))
+    keys = CalibrationKeys(report_dir=str(tmp_path))
     keys.install(app)
     assert {chr(k) for k in app.bindings} >= set("ewlacpq")
+    assert any("calibrate lens shading" in line for line in app.help_lines())
     app.handle_key(ord("l"))
     assert keys.running == "lens_shading"
-    image = np.zeros((240, 320, 3), np.uint8)
-    keys.draw(image)
-    assert image[-22:-10, 10:-10].any()  # the progress bar frame is drawn
+    progress = wait_until(lambda: app.tile.progress if app.tile.progress and app.tile.progress.step != "sent" else None,
+                          timeout=30, message="a progress step on the progress overlay")
+    assert progress.name == "calibrate" and 0.0 <= progress.fraction <= 1.0
     wait_until(lambda: keys.running is None, timeout=60, message="lens shading finished")
-    assert keys.last_result["lens_shading"]["residual_pct"] <= 0.5, keys.message
+    assert keys.last_result["lens_shading"]["residual_pct"] <= 0.5, app.status_message
+    assert "calibrated" in app.status_message
     app.handle_key(ord("p"))
-    assert list(tmp_path.glob("calibration-report-*.png")), keys.message
+    assert list(tmp_path.glob("calibration-report-*.png")), app.status_message

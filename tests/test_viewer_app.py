@@ -1,0 +1,163 @@
+"""The viewer without a window: keys act on the agent, overlays show what came back, tiles, progress, help.
+
+ViewerApp's loop body (`poll_frames`, `compose`, `handle_key`) runs here against real agents on loopback;
+the real-window test (test_window.py) shows the same under X.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from host_viewer.app import ViewerApp
+from host_viewer.manual import stepped_exposure, stepped_gain
+from host_viewer.overlays import connection_text, controls_lines, histogram_box, stats_lines
+from pi_agent.commands import CommandRouter
+
+from .conftest import wait_until
+
+
+def poll(app: ViewerApp, predicate, timeout=5.0, message=""):
+    def step():
+        app.poll_frames()
+        for tile in app.tiles:
+            tile.sample_counters()
+        return predicate()
+
+    return wait_until(step, timeout, message=message)
+
+
+def test_third_of_a_stop_steps_and_clamping():
+    ranges = {"ExposureTime": [100, 50_000, 10_000], "AnalogueGain": [1.0, 10.666, 1.0]}
+    assert stepped_exposure(10_000, +1, ranges) == round(10_000 * 2 ** (1 / 3))
+    assert stepped_exposure(10_000, +3, ranges) == 20_000
+    assert stepped_exposure(10_000, -3, ranges) == 5_000
+    assert stepped_exposure(40_000, +3, ranges) == 50_000  # clamped to the camera's range
+    assert stepped_exposure(120, -3, ranges) == 100
+    assert stepped_gain(8.0, +3, ranges) == pytest.approx(10.666)
+    assert stepped_gain(1.0, -1, ranges) == 1.0
+
+
+def test_exposure_and_gain_keys_set_controls_and_the_overlay_shows_them(start_agent, connect):
+    agent = start_agent(size=(320, 240))
+    app = ViewerApp(connect(agent))
+    poll(app, lambda: app.tile.last_frame is not None)
+    start = app.tile.last_frame.metadata
+    app.handle_key(ord("]"))  # ExposureTime up a third of a stop, manual
+    wanted = round(start["ExposureTime"] * 2 ** (1 / 3))
+    line_time = 1e6 / 30 / 1000  # well under a sensor line's worth of µs is the quantisation
+    poll(app, lambda: abs(app.tile.last_frame.metadata["ExposureTime"] - wanted) <= 2 * line_time
+         and not app.tile.last_frame.metadata["AeEnable"], message="exposure up in force")
+    assert agent.camera.controls()["ExposureTime"] == wanted
+    shown = app.tile.last_frame.metadata["ExposureTime"]
+    assert f"ExposureTime {shown / 1000:.3f} ms  (manual)" in controls_lines(app.tile)
+    gain = app.tile.last_frame.metadata["AnalogueGain"]
+    app.handle_key(ord("="))  # AnalogueGain up a third of a stop
+    poll(app, lambda: app.tile.last_frame.metadata["AnalogueGain"] > gain * 1.2, message="gain up in force")
+    assert any(line.startswith("AnalogueGain") for line in controls_lines(app.tile))
+    app.handle_key(ord("x"))  # auto exposure back on
+    poll(app, lambda: app.tile.last_frame.metadata["AeEnable"], message="auto exposure on")
+    assert "(auto)" in controls_lines(app.tile)[0]
+    poll(app, lambda: "auto exposure on" in app.tile.status)
+
+
+def test_a_refused_command_shows_in_the_status_line(start_agent, connect):
+    app = ViewerApp(connect(start_agent()))
+    app.send_command("set_controls", {"controls": {"ExposureTime": -5}})
+    poll(app, lambda: "failed" in app.tile.status, message="error on the status line")
+    assert "out_of_range" in app.tile.status or "bad_argument" in app.tile.status
+
+
+def test_stats_overlay_figures(start_agent, connect):
+    app = ViewerApp(connect(start_agent(size=(320, 240), fps=30.0)))
+    poll(app, lambda: app.tile.received_meter.rate() > 3 and app.tile.session.fps_meter.rate() > 3,
+         timeout=15, message="rates measured")
+    text = "\n".join(stats_lines(app.tile))
+    assert "fps received" in text and "Mbit/s" in text
+    shown_dropped = int(re.search(r"dropped (\d+)", text).group(1))
+    assert shown_dropped <= app.tile.client.frames_dropped  # the client's gap count (it only grows)
+    assert app.tile.link_meter.rate() * 8 / 1e6 > 0.1  # JPEG frames arrive at tens of kB each
+
+
+def test_overlays_draw_over_the_video_and_toggle(start_agent, connect):
+    app = ViewerApp(connect(start_agent(size=(640, 480))), overlays=["histogram"])
+    poll(app, lambda: app.tile.last_image is not None)
+    image = app.tile.last_image
+    x0, y0, x1, y1 = histogram_box(image)
+    with_hist = app.compose()
+    assert np.abs(with_hist[y0:y1, x0:x1].astype(int) - image[y0:y1, x0:x1]).mean() > 20
+    app.handle_key(ord("3"))  # histogram off
+    without = app.compose()
+    assert np.array_equal(without[y0:y1, x0:x1], app.tile.last_image[y0:y1, x0:x1])
+
+
+def test_progress_overlay_follows_any_long_command(start_agent, connect):
+    agent = start_agent()
+    router: CommandRouter = agent.router
+    import threading
+
+    gate = threading.Event()
+
+    def slow(command, reply):
+        def work(job):
+            job.progress("halfway", 0.5)
+            gate.wait(5)
+            job.progress("nearly", 0.9)
+            return {"ok": True}
+
+        router.start_job(command, reply, "slow", work)
+
+    router.register("slow", slow)
+    app = ViewerApp(connect(agent), overlays=["progress"])
+    poll(app, lambda: app.tile.last_image is not None)
+    blank = app.compose()
+    app.send_command("slow", {})
+    poll(app, lambda: app.tile.progress and app.tile.progress.step == "halfway", message="progress seen")
+    drawn = app.compose()
+    h, w = blank.shape[:2]
+    assert not np.array_equal(drawn[40:86, w - 308:], blank[40:86, w - 308:])
+    gate.set()
+    poll(app, lambda: app.tile.progress.outcome == "done", message="command finished")
+    assert app.tile.visible_progress().fraction == 1.0
+
+
+def test_help_lists_every_binding_including_ones_added_later(start_agent, connect):
+    app = ViewerApp(connect(start_agent()))
+    app.bind("e", "calibrate exposure", lambda: None)
+    lines = "\n".join(app.help_lines())
+    for binding in app.bindings.values():
+        assert binding.description in lines
+    assert "Tab" in lines and "calibrate exposure" in lines
+    assert not app.show_help
+    app.handle_key(ord("h"))
+    assert app.show_help
+
+
+def test_tiles_keys_act_on_the_selected_camera(start_agent, connect):
+    agents = [start_agent(size=(320, 240), seed=i) for i in range(3)]
+    app = ViewerApp([connect(a) for a in agents])
+    poll(app, lambda: all(t.last_image is not None for t in app.tiles), message="three cameras")
+    canvas = app.compose()
+    assert canvas.shape == (480, 640, 3)  # 2x2 grid of 320x240
+    app.handle_key(ord("\t"))
+    assert app.selected == 1
+    before = [a.camera.controls().get("ExposureTime") for a in agents]
+    app.handle_key(ord("["))
+    wait_until(lambda: agents[1].camera.controls().get("AeEnable") is False, 5, message="second agent manual")
+    assert [a.camera.controls().get("ExposureTime") for a in (agents[0], agents[2])] == [before[0], before[2]]
+    assert agents[0].camera.controls().get("AeEnable") is not False
+
+
+def test_connection_overlay_follows_the_client_state(start_agent, connect):
+    agent = start_agent(name="bench-pi")
+    app = ViewerApp(connect(agent, silence_timeout=0.5), overlays=["connection"])
+    poll(app, lambda: app.tile.last_image is not None)
+    assert connection_text(app.tile) == "bench-pi: connected"
+    before = app.compose()
+    agent.stop()
+    poll(app, lambda: connection_text(app.tile) == "bench-pi: reconnecting", message="reconnecting shown")
+    after = app.compose()
+    h, w = before.shape[:2]
+    assert not np.array_equal(before[6:30, w - 260:], after[6:30, w - 260:])
