@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from .camera.factory import CAMERA_CHOICES, make_camera
+from .camera.factory import CAMERA_CHOICES, check_camera_kind, make_camera
 
 log = logging.getLogger("pi_agent")
 
@@ -23,10 +23,18 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def camera_kind(text: str) -> str:
+    try:
+        return check_camera_kind(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pi-agent", description=__doc__)
-    p.add_argument("--camera", default="auto", choices=CAMERA_CHOICES,
-                   help="camera backend; auto = picamera2 if a camera is present, else the simulator")
+    p.add_argument("--camera", default="auto", type=camera_kind, metavar="|".join(CAMERA_CHOICES),
+                   help="camera backend; auto = picamera2 if a camera is present, else the simulator; "
+                        "replay:FILE serves the frames of a replay file (scripts/make_replay.py)")
     p.add_argument("--listen", default="127.0.0.1:5555", metavar="HOST:PORT",
                    help="address to listen on (default 127.0.0.1:5555; 0.0.0.0:5555 for the network)")
     p.add_argument("--size", type=parse_size, default=(640, 480), metavar="WxH", help="main stream size")
