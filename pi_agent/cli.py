@@ -30,6 +30,16 @@ def camera_kind(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def limit_opencv_threads(camera) -> None:
+    """One OpenCV thread unless the simulator renders with OpenCV: on the agent, OpenCV is only the raw
+    statistics' calcHist, and its thread pool spinning between frames cost ≈ 15 % more CPU per frame
+    (scripts/bench_stream.py) for no gain at stream rates."""
+    if getattr(camera, "name", "") != "simulated":
+        import cv2
+
+        cv2.setNumThreads(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pi-agent", description=__doc__)
     p.add_argument("--camera", default="auto", type=camera_kind, metavar="|".join(CAMERA_CHOICES),
@@ -60,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         camera = make_camera(args.camera, sensor=args.sensor, scene=args.scene,
                              colour_temperature=args.colour_temperature, seed=args.seed)
+        limit_opencv_threads(camera)
         agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality)
         port = agent.start()
     except (ValueError, RuntimeError) as exc:

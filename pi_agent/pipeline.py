@@ -1,7 +1,8 @@
 """Capture → statistics → JPEG → one encoded frame message, on two threads off the socket thread.
 
-The capture thread takes a request from the camera and computes raw statistics; the encode thread
-JPEG-encodes the newest captured frame and packs the frame message once for every viewer. Each stage
+The capture thread takes a request from the camera, hands it to the encode thread at once and computes raw
+statistics; the encode thread JPEG-encodes the newest captured frame meanwhile (both release the GIL, so a
+frame's latency is the longer of the two, not their sum), then packs the frame message once for every viewer. Each stage
 keeps only the newest item (a slow encoder drops frames rather than building latency). Listeners (the
 calibration worker, snapshots) receive every CapturedFrame from the capture thread.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Callable
 
@@ -142,7 +145,15 @@ class CapturePipeline:
                 self._on_event("camera_error", f"unexpected capture error: {exc}", {"failures": failures})
                 self._recover()
                 continue
-            stats = compute_stats(frame.raw, frame.bayer_order, frame.bit_depth, frame.black_level)
+            pending_stats: Future = Future()
+            self._captured.put((frame, pending_stats))  # the encoder starts on the JPEG while stats run here
+            try:
+                stats = compute_stats(frame.raw, frame.bayer_order, frame.bit_depth, frame.black_level)
+            except Exception as exc:
+                pending_stats.set_exception(exc)
+                log.exception("raw statistics failed")
+                continue
+            pending_stats.set_result(stats)
             self.frames_captured += 1
             self.last_metadata = frame.metadata
             self.last_stats = stats
@@ -155,7 +166,6 @@ class CapturePipeline:
                     listener(frame, stats)
                 except Exception:
                     log.exception("frame listener failed")
-            self._captured.put((frame, stats))
 
     def _recover(self) -> None:
         """Reopen the camera after a failure: stop, then start again; wait a little between attempts."""
@@ -178,8 +188,12 @@ class CapturePipeline:
             got = self._captured.take(version, timeout=0.5)
             if got is None:
                 continue
-            version, (frame, stats) = got
+            version, (frame, pending_stats) = got
             jpeg = simplejpeg.encode_jpeg(frame.main, quality=self.quality, colorspace="BGR", colorsubsampling="420")
+            try:
+                stats = pending_stats.result(timeout=2.0)
+            except (FutureTimeout, Exception):
+                continue  # statistics failed (logged by the capture thread): no frame without them
             height, width = frame.main.shape[:2]
             capture_ns = int(frame.metadata.get("SensorTimestamp", time.monotonic_ns()))
             message = Frame(
