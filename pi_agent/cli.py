@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from .camera.factory import CAMERA_CHOICES, make_camera
+from .camera.factory import CAMERA_CHOICES, check_camera_kind, make_camera
 from .state import DEFAULT_STATE_DIR, StateStore
 
 log = logging.getLogger("pi_agent")
@@ -24,10 +24,28 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def camera_kind(text: str) -> str:
+    try:
+        return check_camera_kind(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def limit_opencv_threads(camera) -> None:
+    """One OpenCV thread unless the simulator renders with OpenCV: on the agent, OpenCV is only the raw
+    statistics' calcHist, and its thread pool spinning between frames cost ≈ 15 % more CPU per frame
+    (scripts/bench_stream.py) for no gain at stream rates."""
+    if getattr(camera, "name", "") != "simulated":
+        import cv2
+
+        cv2.setNumThreads(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pi-agent", description=__doc__)
-    p.add_argument("--camera", default="auto", choices=CAMERA_CHOICES,
-                   help="camera backend; auto = picamera2 if a camera is present, else the simulator")
+    p.add_argument("--camera", default="auto", type=camera_kind, metavar="|".join(CAMERA_CHOICES),
+                   help="camera backend; auto = picamera2 if a camera is present, else the simulator; "
+                        "replay:FILE serves the frames of a replay file (scripts/make_replay.py)")
     p.add_argument("--listen", default="127.0.0.1:5555", metavar="HOST:PORT",
                    help="address to listen on (default 127.0.0.1:5555; 0.0.0.0:5555 for the network)")
     p.add_argument("--size", type=parse_size, default=(640, 480), metavar="WxH", help="main stream size")
@@ -63,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         camera = make_camera(args.camera, sensor=args.sensor, scene=args.scene,
                              colour_temperature=args.colour_temperature, seed=args.seed)
+        limit_opencv_threads(camera)
         agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality,
                       state_dir=args.state_dir, name=args.name, announce=not args.no_announce)
         port = agent.start()

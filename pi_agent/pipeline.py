@@ -1,7 +1,10 @@
 """Capture → statistics → JPEG → one encoded frame message, on two threads off the socket thread.
 
-The capture thread takes a request from the camera and computes raw statistics; the encode thread
-JPEG-encodes the newest captured frame and packs the frame message once for every viewer. Each stage
+The capture thread takes a request from the camera and hands it to the encode thread at once; when the
+encoder is waiting for it (the normal case) the capture thread computes the raw statistics while the encoder
+JPEG-encodes (both release the GIL: a frame's latency is the longer of the two, not their sum); the encoder
+then packs the frame message once for every viewer. A frame the encoder will skip (camera faster than the
+encoder) costs no statistics unless a listener wants every frame. Each stage
 keeps only the newest item (a slow encoder drops frames rather than building latency). Listeners (the
 calibration worker, snapshots) receive every CapturedFrame from the capture thread.
 """
@@ -51,6 +54,22 @@ class LatestSlot:
             self._cond.notify_all()
 
 
+class PendingStats:
+    """The raw statistics of one frame, computed once by whichever thread asks first (the other waits)."""
+
+    def __init__(self, frame: CapturedFrame):
+        self._frame = frame
+        self._lock = threading.Lock()
+        self._stats: RawStats | None = None
+
+    def get(self) -> RawStats:
+        with self._lock:
+            if self._stats is None:
+                f = self._frame
+                self._stats = compute_stats(f.raw, f.bayer_order, f.bit_depth, f.black_level)
+            return self._stats
+
+
 @dataclass
 class EncodedFrame:
     sequence: int
@@ -83,6 +102,7 @@ class CapturePipeline:
         self.last_metadata: dict = {}
         self.last_stats: RawStats | None = None
         self._fps_window: list[float] = []
+        self._encoder_waiting = False
 
     # listeners -------------------------------------------------------------------------------------
     def add_listener(self, listener: Callable[[CapturedFrame, RawStats], None]) -> None:
@@ -142,20 +162,29 @@ class CapturePipeline:
                 self._on_event("camera_error", f"unexpected capture error: {exc}", {"failures": failures})
                 self._recover()
                 continue
-            stats = compute_stats(frame.raw, frame.bayer_order, frame.bit_depth, frame.black_level)
-            self.frames_captured += 1
-            self.last_metadata = frame.metadata
-            self.last_stats = stats
-            now = time.monotonic()
-            self._fps_window = (self._fps_window + [now])[-31:]
+            pending = PendingStats(frame)
+            encoder_waiting = self._encoder_waiting  # read before the put wakes it
+            self._captured.put((frame, pending))  # the encoder starts on the JPEG while stats run here
             with self._listeners_lock:
                 listeners = list(self._listeners)
+            stats = None
+            if listeners or encoder_waiting:  # else the encoder is busy: this frame may be skipped
+                try:
+                    stats = pending.get()
+                except Exception:
+                    log.exception("raw statistics failed")
+                    continue
+            self.frames_captured += 1
+            self.last_metadata = frame.metadata
+            if stats is not None:
+                self.last_stats = stats
+            now = time.monotonic()
+            self._fps_window = (self._fps_window + [now])[-31:]
             for listener in listeners:
                 try:
                     listener(frame, stats)
                 except Exception:
                     log.exception("frame listener failed")
-            self._captured.put((frame, stats))
 
     def _recover(self) -> None:
         """Reopen the camera after a failure: stop, then start again; wait a little between attempts."""
@@ -175,11 +204,19 @@ class CapturePipeline:
     def _encode_loop(self) -> None:
         version = 0
         while not self._stop.is_set():
+            self._encoder_waiting = True
             got = self._captured.take(version, timeout=0.5)
+            self._encoder_waiting = False
             if got is None:
                 continue
-            version, (frame, stats) = got
+            version, (frame, pending) = got
             jpeg = simplejpeg.encode_jpeg(frame.main, quality=self.quality, colorspace="BGR", colorsubsampling="420")
+            try:
+                stats = pending.get()
+            except Exception:
+                log.exception("raw statistics failed")
+                continue
+            self.last_stats = stats
             height, width = frame.main.shape[:2]
             capture_ns = int(frame.metadata.get("SensorTimestamp", time.monotonic_ns()))
             message = Frame(

@@ -8,13 +8,25 @@ from .base import CameraBackend
 
 log = logging.getLogger(__name__)
 
-CAMERA_CHOICES = ("auto", "sim", "picamera2")
+CAMERA_CHOICES = ("auto", "sim", "picamera2", "replay:FILE")
+
+
+def check_camera_kind(kind: str) -> str:
+    """The `--camera` value if valid (one of CAMERA_CHOICES, `replay:` followed by a file), else ValueError."""
+    if kind in CAMERA_CHOICES[:-1] or (kind.startswith("replay:") and len(kind) > len("replay:")):
+        return kind
+    raise ValueError(f"unknown camera {kind!r}; choose one of {', '.join(CAMERA_CHOICES)}")
 
 
 def make_camera(kind: str, *, sensor: str = "imx219", scene: str = "chart", colour_temperature: float = 5000.0,
                 seed: int = 0) -> CameraBackend:
     """`sim`: the simulated sensor; `picamera2`: a real camera (error if none);
-    `auto`: picamera2 when it imports and a camera is present, else the simulator (logged)."""
+    `auto`: picamera2 when it imports and a camera is present, else the simulator (logged);
+    `replay:FILE`: the frames of a replay file (scripts/make_replay.py), in a cycle."""
+    if kind.startswith("replay:"):
+        from .replay import ReplayCamera
+
+        return ReplayCamera(check_camera_kind(kind)[len("replay:"):])
     if kind == "sim":
         from .sim import SimulatedCamera
 
