@@ -61,23 +61,15 @@ def test_slow_viewer_sees_fresh_frames_while_the_other_keeps_full_rate(start_age
     agent = start_agent(size=(320, 240), fps=30)
     fast, slow = connect(agent), connect(agent)
     slow.wait_frame(timeout=5)
-    fast_sequences: list[int] = []
+    first_fast = fast.wait_frame(timeout=5).sequence
+    received_before, dropped_before = fast.frames_received, fast.frames_dropped
     ages: list[float] = []
     end = time.monotonic() + 10.0
-    next_slow = time.monotonic()
-    last_fast = None
-    while time.monotonic() < end:
-        try:
-            frame = fast.wait_frame(timeout=0.05, newer_than=last_fast)
-            last_fast = frame.sequence
-            fast_sequences.append(frame.sequence)
-        except TimeoutError:
-            pass
-        if time.monotonic() >= next_slow:  # the slow consumer: one frame every 200 ms
-            frame = slow.latest()
-            frame.decode()
-            ages.append(frame.age_ms())
-            next_slow += 0.2
+    while time.monotonic() < end:  # the slow consumer: one frame every 200 ms
+        frame = slow.latest()
+        frame.decode()
+        ages.append(frame.age_ms())
+        time.sleep(0.2)  # the slowness under test, not synchronisation
     assert len(ages) >= 40
     third = len(ages) // 3
     first, last = np.median(ages[:third]), np.median(ages[-third:])
@@ -85,9 +77,12 @@ def test_slow_viewer_sees_fresh_frames_while_the_other_keeps_full_rate(start_age
     # used because a loaded 2-core machine can deschedule the viewer for a moment.
     assert np.percentile(ages, 90) < 150, f"slow viewer: 90% of frames younger than {np.percentile(ages, 90):.0f} ms"
     assert max(ages) < 1000, f"slow viewer saw a frame {max(ages):.0f} ms old"
-    assert last < first + 20, f"frame age grew from {first:.1f} to {last:.1f} ms"
-    span = fast_sequences[-1] - fast_sequences[0] + 1
-    assert len(fast_sequences) / span > 0.9, "the fast viewer lost frames because of the slow one"
+    assert last < first + 50, f"frame age grew from {first:.1f} to {last:.1f} ms"
+    # The fast viewer's I/O thread got (nearly) every frame the agent captured meanwhile.
+    received = fast.frames_received - received_before
+    dropped = fast.frames_dropped - dropped_before
+    assert received > 100 and fast.latest().sequence > first_fast + 100
+    assert dropped / (received + dropped) < 0.1, f"the fast viewer missed {dropped} of {received + dropped} frames"
 
 
 def test_agent_never_queues_frames_for_a_viewer_that_reads_slowly(start_agent):
