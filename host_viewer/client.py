@@ -30,12 +30,17 @@ import zmq
 from protocol.address import parse_address, tcp_endpoint
 from protocol import (
     MAX_INBOUND_TO_VIEWER, Bye, ClockOffset, Command, Credit, Error, ErrorCode, Event, Frame, Hello, Ping, Pong,
-    Progress, ProtocolError, Result, Sequencer, Welcome, clock_sample, decode, unpack_array,
+    Progress, ProtocolError, Result, Sequencer, Welcome, clock_sample, decode, encode, unpack_array,
 )
+from protocol.limits import MAX_MESSAGE_SIZE
 
 log = logging.getLogger(__name__)
 
 CLIENT_NAME = "host-viewer 0.1.0"
+
+
+class BadFrame(ValueError):
+    """A frame's JPEG could not be decoded (a corrupt or hostile frame): skip it, the stream goes on."""
 
 
 class CommandFailed(Exception):
@@ -63,7 +68,11 @@ class ReceivedFrame:
     offset_ns: int  # agent clock minus viewer clock, as estimated when it arrived
 
     def decode(self) -> np.ndarray:
-        return simplejpeg.decode_jpeg(self.jpeg, colorspace="BGR")
+        """The BGR image; raises BadFrame (a ValueError) when the JPEG is corrupt."""
+        try:
+            return simplejpeg.decode_jpeg(self.jpeg, colorspace="BGR")
+        except Exception as exc:  # simplejpeg raises ValueError or RuntimeError depending on the damage
+            raise BadFrame(f"frame {self.sequence}: undecodable JPEG of {len(self.jpeg)} bytes ({exc})") from None
 
     def age_ms(self, viewer_now_ns: int | None = None) -> float:
         """Capture (agent clock) to `viewer_now_ns` (viewer clock, default now), corrected by the offset."""
@@ -76,9 +85,12 @@ class ReceivedFrame:
         if hist is None:
             return None
         try:
-            return unpack_array(hist, "hist")
+            array = unpack_array(hist, "hist")
         except ProtocolError:
             return None
+        if array.ndim != 2 or array.shape[0] != 4 or array.shape[1] == 0:
+            return None
+        return array
 
 
 @dataclass
@@ -127,6 +139,7 @@ class AgentClient:
         self.reconnects = 0
         self._last_sequence: int | None = None
         self._welcome_event = threading.Event()
+        self._pings_sent: deque[int] = deque(maxlen=16)  # t0 of recent pings, to match pongs
 
     # lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> "AgentClient":
@@ -179,11 +192,29 @@ class AgentClient:
         raises CommandFailed. The command expires `ttl` seconds from now (on the agent's clock)."""
         command_id = next(self._ids)
         expires = self.clock.to_agent(time.monotonic_ns() + int(ttl * 1e9)) if self.clock.known else 0
+        expires = min(max(expires, 0), 2**64 - 1)
         pending = PendingCommand(id=command_id, name=name, future=Future(), on_progress=on_progress)
+        command = Command(id=command_id, name=name, args=args or {}, expires_ns=expires)
+        problem = self._unsendable(command)
+        if problem is not None:
+            pending.future.set_exception(CommandFailed(*problem))
+            return pending
         with self._lock:
             self._pending[command_id] = pending
-        self._outbox.append(Command(id=command_id, name=name, args=args or {}, expires_ns=expires))
+        self._outbox.append(command)
         return pending
+
+    @staticmethod
+    def _unsendable(command: Command) -> tuple[str, str] | None:
+        """(code, sentence) when `command` cannot go on the wire (unencodable or too large), else None."""
+        try:
+            size = len(encode(command))
+        except (TypeError, ValueError, OverflowError) as exc:
+            return ErrorCode.BAD_ARGUMENT, f"{command.name}: arguments cannot be encoded ({exc})"
+        if size > MAX_MESSAGE_SIZE["command"]:
+            return ErrorCode.TOO_LARGE, (f"{command.name}: {size} bytes exceeds the command limit of "
+                                         f"{MAX_MESSAGE_SIZE['command']} bytes")
+        return None
 
     def command(self, name: str, args: dict | None = None, *, timeout: float = 5.0,
                 on_progress: Callable[[Progress], None] | None = None) -> dict:
@@ -229,7 +260,7 @@ class AgentClient:
                                                capabilities=["credit", "ping"]))
                         next_hello = now + 0.25
                 elif now >= next_ping:
-                    self._send(sock, Ping(t0=time.monotonic_ns()))
+                    self._ping(sock)
                     next_ping = now + self._ping_interval
                 while self._outbox:
                     command = self._outbox.popleft()
@@ -266,13 +297,23 @@ class AgentClient:
 
     def _send(self, sock: zmq.Socket, message) -> bool:
         try:
-            sock.send(self._sequencer.encode(message), zmq.NOBLOCK)
+            data = self._sequencer.encode(message)
+        except (TypeError, ValueError, OverflowError) as exc:  # never let one message kill the I/O thread
+            log.error("cannot encode %s for %s: %s", message.TYPE, self.address, exc)
+            return False
+        try:
+            sock.send(data, zmq.NOBLOCK)
             return True
         except zmq.Again:
             return False
         except zmq.ZMQError as exc:
             log.warning("send to %s failed: %s", self.address, exc)
             return False
+
+    def _ping(self, sock: zmq.Socket) -> None:
+        t0 = time.monotonic_ns()
+        self._pings_sent.append(t0)
+        self._send(sock, Ping(t0=t0))
 
     def _handle(self, sock: zmq.Socket, data: zmq.Frame) -> None:
         received_ns = time.monotonic_ns()
@@ -286,14 +327,18 @@ class AgentClient:
         if isinstance(message, Frame):
             self._frame(sock, message, received_ns)
         elif isinstance(message, Pong):
-            self.clock.add(clock_sample(message.t0, message.t1, received_ns))
+            # Only an answer to a ping we sent counts, with an agent clock reading a monotonic clock can
+            # give: a stray or forged pong must not move the clock offset (frame ages, command expiry).
+            if message.t0 in self._pings_sent and 0 <= message.t1 < 2**63:
+                self._pings_sent.remove(message.t0)
+                self.clock.add(clock_sample(message.t0, message.t1, received_ns))
         elif isinstance(message, Welcome):
             # The welcome's envelope time gives a first clock estimate (hello → welcome round trip).
             self.welcome = message
             self.state = "connected"
             self.state_detail = ""
             self._welcome_event.set()
-            self._send(sock, Ping(t0=time.monotonic_ns()))
+            self._ping(sock)
         elif isinstance(message, Result):
             self._resolve(message.id, message.value, None)
         elif isinstance(message, Error):

@@ -195,6 +195,8 @@ class CommandRouter:
 
     def _cancel(self, command: Command, reply: Reply) -> dict:
         target = command.args.get("id")
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, str))):
+            raise CommandError(ErrorCode.BAD_ARGUMENT, "cancel's 'id' must be a command id (int or str), or absent")
         with self._jobs_lock:
             jobs = [self._jobs[target]] if target in self._jobs else ([] if target is not None else list(self._jobs.values()))
         if target is not None and not jobs:

@@ -33,6 +33,7 @@ from .pipeline import EncodedFrame
 log = logging.getLogger(__name__)
 
 MAX_CREDIT = 8
+MAX_COMMAND_ID_LEN = 64
 
 
 @dataclass
@@ -236,6 +237,12 @@ class AgentServer:
         self._offer_latest(sock, self.sessions[identity])
 
     def _command(self, identity: bytes, command: Command) -> None:
+        if isinstance(command.id, str) and len(command.id) > MAX_COMMAND_ID_LEN:
+            # Echoing a huge id would make an error no viewer accepts: answer without it.
+            self.send_to(identity, Error(id=None, code=ErrorCode.PROTOCOL,
+                         message=f"a command id must be an int or a string of at most {MAX_COMMAND_ID_LEN} "
+                                 f"characters (got {len(command.id)}); not run"))
+            return
         if command.expires_ns and time.monotonic_ns() > command.expires_ns:
             late_ms = (time.monotonic_ns() - command.expires_ns) / 1e6
             self.send_to(identity, Error(id=command.id, code=ErrorCode.EXPIRED,
