@@ -13,7 +13,7 @@ from typing import Callable
 
 import cv2
 
-from .client import AgentClient
+from .client import AgentClient, BadFrame
 from .display import basic_lines, draw_text_block
 from .session import ViewingSession
 
@@ -51,7 +51,7 @@ class ViewerApp:
             binding.action()
 
     def render(self, frame, image, age_ms: float):
-        draw_text_block(image, basic_lines(frame, self.session.fps_meter.rate(), age_ms, self.client.state))
+        draw_text_block(image, basic_lines(frame, self.session.fps_meter.rate(), age_ms, self.client.status_text))
         return image
 
     def run(self, duration: float | None = None) -> ViewingSession:
@@ -62,7 +62,11 @@ class ViewerApp:
             frame = self.client.latest()
             if frame is not None and frame.sequence != last:
                 last = frame.sequence
-                image = frame.decode()
+                try:
+                    image = frame.decode()
+                except BadFrame as exc:  # a corrupt frame is skipped; the next one will do
+                    log.warning("%s", exc)
+                    continue
                 age = self.session.record(frame, image)
                 cv2.imshow(self.title, self.render(frame, image, age))
             key = cv2.waitKey(5)

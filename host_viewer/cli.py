@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 
-from .client import AgentClient
+from .client import AgentClient, BadFrame
 from .session import ViewingSession
 
 log = logging.getLogger("host_viewer")
@@ -36,7 +36,12 @@ def run_headless(client: AgentClient, duration: float | None) -> ViewingSession:
         except TimeoutError:
             continue
         last = frame.sequence
-        session.record(frame, frame.decode())
+        try:
+            image = frame.decode()
+        except BadFrame as exc:  # a corrupt frame is skipped; the stream goes on
+            log.warning("%s", exc)
+            continue
+        session.record(frame, image)
     return session
 
 

@@ -165,6 +165,11 @@ class AgentClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def status_text(self) -> str:
+        """The connection state as the window shows it, e.g. "reconnecting" or "refused: not authorised"."""
+        return f"{self.state}: {self.state_detail}" if self.state_detail else self.state
+
     def wait_connected(self, timeout: float = 5.0) -> Welcome:
         if not self._welcome_event.wait(timeout):
             raise TimeoutError(f"no welcome from {self.address} within {timeout} s (state: {self.state})")
@@ -235,7 +240,7 @@ class AgentClient:
         sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue commands for an agent that is not there
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_TO_VIEWER)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)  # a restarted agent is found within a second
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)

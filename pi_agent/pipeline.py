@@ -24,6 +24,9 @@ from .wire import plain
 
 log = logging.getLogger(__name__)
 
+CAPTURE_TIMEOUT = 2.0  # s; a capture that takes longer is a camera failure (the backend raises CameraError)
+MAX_BACKOFF = 2.0  # s between attempts to reopen a failing camera
+
 
 class LatestSlot:
     """A one-item mailbox between threads: put replaces, take waits for something newer."""
@@ -82,6 +85,7 @@ class CapturePipeline:
         self.frames_encoded = 0
         self.last_metadata: dict = {}
         self.last_stats: RawStats | None = None
+        self.camera_failures = 0  # failed captures since start (each reported as a camera_error event)
         self._fps_window: list[float] = []
 
     # listeners -------------------------------------------------------------------------------------
@@ -126,23 +130,33 @@ class CapturePipeline:
 
     # threads ---------------------------------------------------------------------------------------
     def _capture_loop(self) -> None:
-        failures = 0
+        failures = 0  # consecutive failed captures; reset by the first good frame
         while not self._stop.is_set():
             try:
-                frame = self.camera.capture(timeout=2.0)
-            except CameraError as exc:
+                frame = self.camera.capture(timeout=CAPTURE_TIMEOUT)
+            except Exception as exc:  # CameraError, or a backend bug: either way report and reopen
+                if self._stop.is_set():
+                    return
                 failures += 1
-                log.warning("capture failed (%s); recovering", exc)
-                self._on_event("camera_error", f"capture failed: {exc}", {"failures": failures})
-                self._recover()
+                self.camera_failures += 1
+                if isinstance(exc, CameraError):
+                    log.warning("capture failed (%s); reopening the camera", exc)
+                else:
+                    log.exception("unexpected capture error; reopening the camera")
+                self._on_event("camera_error", f"capture failed: {exc}; reopening the camera",
+                               {"failures": failures, "error": str(exc)[:200]})
+                self._recover(failures)
                 continue
-            except Exception as exc:  # a backend bug must not kill the stream silently
-                failures += 1
-                log.exception("unexpected capture error")
-                self._on_event("camera_error", f"unexpected capture error: {exc}", {"failures": failures})
-                self._recover()
+            if failures:
+                log.info("camera recovered after %d failed capture(s)", failures)
+                self._on_event("camera_recovered", f"frames are flowing again after {failures} failed capture(s)",
+                               {"failures": failures})
+                failures = 0
+            try:
+                stats = compute_stats(frame.raw, frame.bayer_order, frame.bit_depth, frame.black_level)
+            except Exception:  # a malformed raw buffer: skip this frame, keep the stream
+                log.exception("raw statistics failed for frame %s; frame skipped", frame.sequence)
                 continue
-            stats = compute_stats(frame.raw, frame.bayer_order, frame.bit_depth, frame.black_level)
             self.frames_captured += 1
             self.last_metadata = frame.metadata
             self.last_stats = stats
@@ -157,20 +171,22 @@ class CapturePipeline:
                     log.exception("frame listener failed")
             self._captured.put((frame, stats))
 
-    def _recover(self) -> None:
-        """Reopen the camera after a failure: stop, then start again; wait a little between attempts."""
+    def _recover(self, failures: int) -> None:
+        """Reopen the camera after a failure: stop, back off (50 ms doubling to 2 s with consecutive
+        failures, so a dead camera neither spins nor floods viewers with events), start again.
+        "camera_recovered" is announced by the capture loop once a frame actually arrives."""
         try:
             self.camera.stop()
         except Exception:
             log.debug("stop during recovery failed", exc_info=True)
-        while not self._stop.is_set():
+        backoff = min(MAX_BACKOFF, 0.05 * 2 ** min(failures - 1, 10))
+        while not self._stop.wait(backoff):
             try:
                 self.camera.start()
-                self._on_event("camera_recovered", "camera restarted after a failure", {})
                 return
             except Exception as exc:
                 log.warning("camera restart failed: %s", exc)
-                self._stop.wait(0.5)
+                backoff = min(MAX_BACKOFF, backoff * 2)
 
     def _encode_loop(self) -> None:
         version = 0
@@ -179,18 +195,25 @@ class CapturePipeline:
             if got is None:
                 continue
             version, (frame, stats) = got
-            jpeg = simplejpeg.encode_jpeg(frame.main, quality=self.quality, colorspace="BGR", colorsubsampling="420")
-            height, width = frame.main.shape[:2]
-            capture_ns = int(frame.metadata.get("SensorTimestamp", time.monotonic_ns()))
-            message = Frame(
-                frame=frame.sequence,
-                capture_ns=capture_ns,
-                width=width,
-                height=height,
-                jpeg=jpeg,
-                metadata=plain(frame.metadata),
-                stats=stats.to_wire(),
-            )
-            payload = encode(message, seq=frame.sequence, ts=time.monotonic_ns())
-            self.frames_encoded += 1
-            self._on_frame(EncodedFrame(frame.sequence, capture_ns, payload, len(jpeg)))
+            try:
+                self._encode(frame, stats)
+            except Exception:  # one bad frame must not stop the stream
+                log.exception("encoding frame %s failed; frame skipped", frame.sequence)
+
+    def _encode(self, frame: CapturedFrame, stats: RawStats) -> None:
+        """JPEG-encode one frame and pack its message once for every viewer."""
+        jpeg = simplejpeg.encode_jpeg(frame.main, quality=self.quality, colorspace="BGR", colorsubsampling="420")
+        height, width = frame.main.shape[:2]
+        capture_ns = int(frame.metadata.get("SensorTimestamp", time.monotonic_ns()))
+        message = Frame(
+            frame=frame.sequence,
+            capture_ns=capture_ns,
+            width=width,
+            height=height,
+            jpeg=jpeg,
+            metadata=plain(frame.metadata),
+            stats=stats.to_wire(),
+        )
+        payload = encode(message, seq=frame.sequence, ts=time.monotonic_ns())
+        self.frames_encoded += 1
+        self._on_frame(EncodedFrame(frame.sequence, capture_ns, payload, len(jpeg)))
