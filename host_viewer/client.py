@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import simplejpeg
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from protocol.address import parse_address, tcp_endpoint
 from protocol import (
@@ -35,6 +36,9 @@ from protocol import (
 from protocol.limits import MAX_MESSAGE_SIZE
 
 log = logging.getLogger(__name__)
+
+MONITORED_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 CLIENT_NAME = "host-viewer 0.1.0"
 
@@ -130,7 +134,8 @@ class AgentClient:
         self.clock = ClockOffset()
         self.welcome: Welcome | None = None
         self.state = "connecting"  # connecting, connected, reconnecting, refused, closed
-        self.state_detail = ""
+        self.state_detail = ""  # why, when refused: "not authorised", "agent key mismatch", ...
+        self.state_hint = ""  # the sentence telling the user what to do about it
         self.events: deque[Event] = deque(maxlen=100)
         self.errors: deque[Error] = deque(maxlen=100)
         self.frames_received = 0
@@ -249,10 +254,61 @@ class AgentClient:
         sock.connect(self.endpoint)
         return sock
 
+    def _open_monitor(self, sock: zmq.Socket) -> zmq.Socket:
+        """Handshake outcomes from the socket monitor: the only way to learn that an agent refused us."""
+        return sock.get_monitor_socket(MONITORED_EVENTS)
+
+    def _viewer_public_key(self) -> str:
+        return getattr(getattr(self._security, "keys", None), "public", "VIEWER_PUBLIC_KEY")
+
+    def _on_monitor(self, monitor: zmq.Socket) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            kind, value = event["event"], event["value"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if self.state == "refused":
+                    self.state, self.state_detail, self.state_hint = "connecting", "", ""
+                continue
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                detail = "not authorised"
+                hint = (f"the agent at {self.address} does not know this viewer's key: on the Pi run "
+                        f"`pi-agent authorize {self._viewer_public_key()}`" if self._security is not None else
+                        f"the agent at {self.address} refused this viewer")
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                if self._security is None:
+                    detail = "the agent requires encryption"
+                    hint = (f"the agent at {self.address} is encrypted and its key is unknown here: run `pi-agent keys` "
+                            f"on the Pi and pass --agent-key KEY, or add '{self.address} KEY' to "
+                            f"~/.config/picamlink/known_agents")
+                else:
+                    detail = "the agent is not encrypted"
+                    hint = (f"the agent at {self.address} streams in plain text although its key is known here; "
+                            f"refusing (pass --insecure to accept plain text)")
+            elif kind in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                if self._security is None:
+                    detail, hint = "handshake failed", f"the ZeroMQ handshake with {self.address} failed"
+                else:
+                    detail = "agent key mismatch"
+                    hint = (f"the agent at {self.address} does not hold the key this viewer trusts for it (another "
+                            f"machine, or new keys): compare with `pi-agent keys` on the Pi before changing "
+                            f"--agent-key or known_agents")
+            else:
+                continue
+            if self.state != "refused" or self.state_detail != detail:
+                log.warning("%s", hint)
+            self.state, self.state_detail, self.state_hint = "refused", detail, hint
+
     def _run(self) -> None:
         sock = self._make_socket()
+        monitor = self._open_monitor(sock)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         last_heard = time.monotonic()
         next_ping = 0.0
         next_hello = 0.0
@@ -273,6 +329,8 @@ class AgentClient:
                         self._fail(command.id, "not_connected",
                                    f"not connected to {self.address}; {command.name} was not sent")
                 events = dict(poller.poll(20))
+                if events.get(monitor):
+                    self._on_monitor(monitor)
                 if events.get(sock):
                     last_heard = time.monotonic()
                     for _ in range(100):
@@ -285,12 +343,16 @@ class AgentClient:
                     # Nothing heard: the agent died or restarted. A fresh socket and a new hello.
                     if self.state == "connected":
                         log.info("agent %s silent for %.1f s; reconnecting", self.address, self._silence_timeout)
-                    self.state = "reconnecting" if self.welcome is not None else "connecting"
+                    if self.state != "refused":  # keep saying why until an agent takes us
+                        self.state = "reconnecting" if self.welcome is not None else "connecting"
                     self.reconnects += 1
                     poller.unregister(sock)
-                    sock.close(linger=0)
+                    poller.unregister(monitor)
+                    self._close_socket(sock, monitor)
                     sock = self._make_socket()
+                    monitor = self._open_monitor(sock)
                     poller.register(sock, zmq.POLLIN)
+                    poller.register(monitor, zmq.POLLIN)
                     last_heard = time.monotonic()
                     next_hello = 0.0
         finally:
@@ -298,7 +360,16 @@ class AgentClient:
                 sock.send(self._sequencer.encode(Bye(reason="viewer closing")), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
-            sock.close(linger=0)
+            self._close_socket(sock, monitor)
+
+    @staticmethod
+    def _close_socket(sock: zmq.Socket, monitor: zmq.Socket) -> None:
+        try:
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        monitor.close(linger=0)
+        sock.close(linger=0)
 
     def _send(self, sock: zmq.Socket, message) -> bool:
         try:
@@ -341,7 +412,7 @@ class AgentClient:
             # The welcome's envelope time gives a first clock estimate (hello → welcome round trip).
             self.welcome = message
             self.state = "connected"
-            self.state_detail = ""
+            self.state_detail = self.state_hint = ""
             self._welcome_event.set()
             self._ping(sock)
         elif isinstance(message, Result):

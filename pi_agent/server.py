@@ -161,6 +161,8 @@ class AgentServer:
                 self._send(sock, identity, Bye(reason="agent stopping"))
             sock.close(linger=0)
             self.mailbox.close()
+            if self._security is not None and hasattr(self._security, "close"):
+                self._security.close()
 
     def _drain_socket(self, sock: zmq.Socket) -> None:
         for _ in range(1000):  # bounded, so the mailbox (frames) is served too
