@@ -234,7 +234,8 @@ class AgentServer:
             identity=identity, client=hello.client[:80], credit=max(0, min(MAX_CREDIT, credit)),
             last_seen=time.monotonic(), user=user, capabilities=hello.capabilities[:32],
         )
-        log.info("viewer %s connected (%s); %d viewer(s)", identity.hex()[:8], hello.client[:80], len(self.sessions))
+        log.info("viewer %s connected (%s%s); %d viewer(s)", identity.hex()[:8], hello.client[:80],
+                 f", key {user}" if user else "", len(self.sessions))
         self._send(sock, identity, self._welcome())
         self._offer_latest(sock, self.sessions[identity])
 
