@@ -201,8 +201,9 @@ class AgentClient:
         """Send a command; the returned PendingCommand's future resolves to the Result's value dict or
         raises CommandFailed. The command expires `ttl` seconds from now (on the agent's clock)."""
         command_id = next(self._ids)
-        expires = self.clock.to_agent(time.monotonic_ns() + int(ttl * 1e9)) if self.clock.known else 0
-        expires = min(max(expires, 0), 2**64 - 1)
+        expires = 0  # no expiry until the clock offset is known
+        if self.clock.known:  # a deadline before the agent's clock began is already past, never "none" (0)
+            expires = min(max(self.clock.to_agent(time.monotonic_ns() + int(ttl * 1e9)), 1), 2**64 - 1)
         pending = PendingCommand(id=command_id, name=name, future=Future(), on_progress=on_progress)
         command = Command(id=command_id, name=name, args=args or {}, expires_ns=expires)
         problem = self._unsendable(command)
