@@ -150,6 +150,9 @@ def test_an_unauthorised_viewer_receives_no_frame_and_none_of_its_commands_runs(
         assert stranger.state_detail == "not authorised"
         assert f"pi-agent authorize {stranger_keys.public}" in stranger.state_hint
         assert "refused: not authorised" in basic_lines(_any_frame(), 0.0, 0.0, stranger.status_text)[0]
+        from host_viewer.app import ViewerApp
+        screen = ViewerApp(stranger).status_screen()  # what the window shows while refused (no frame yet)
+        assert screen[:70].max() > 200 and screen[100:].max() == 0  # three lines of text at the top
         pending = stranger.send_command("set_controls", {"controls": {"ExposureTime": 1234}})
         with pytest.raises(CommandFailed) as info:
             pending.future.result(timeout=5)
