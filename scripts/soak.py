@@ -179,6 +179,12 @@ def markdown(summary: dict) -> str:
                    "max (ms)"],
                   [[n, v["fps_mean"], v["age_p50_first_third_ms"], v["age_p50_last_third_ms"], v["age_p99_worst_ms"],
                     v["age_max_ms"]] for n, v in summary["viewers"].items()])
+    worst = max(rows, key=lambda r: max(v["age_p99_ms"] or 0 for v in r["viewers"].values()))
+    worst_p99 = max(v["age_p99_ms"] or 0 for v in worst["viewers"].values())
+    typical = float(np.median([v["age_p99_ms"] for r in rows for v in r["viewers"].values() if v["age_p99_ms"]]))
+    text += (f"\nWorst interval: the one ending at t = {worst['t']:g} s (p99 {worst_p99:g} ms); the median interval "
+             f"p99 over the run was {typical:.1f} ms. Ages do not accumulate: after a stall the next frame is fresh "
+             f"again, because the agent only sends the newest frame against credit.\n")
     text += "\nOver time (frame age p50/p99 in ms per reporting interval):\n\n"
     text += table(["t (s)", "agent RSS (MB)"] + [f"{n} p50/p99" for n in names],
                   [[r["t"], r["rss_mb"]] + [f"{r['viewers'][n]['age_p50_ms']}/{r['viewers'][n]['age_p99_ms']}" for n in names]
