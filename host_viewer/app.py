@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import cv2
 import numpy as np
 
-from .client import AgentClient
+from .client import AgentClient, BadFrame
 from .display import draw_text_block
 from .overlays import Overlay, draw_help, draw_status, standard_overlays
 from .session import ViewingSession
@@ -41,6 +41,18 @@ class Binding:
     @property
     def label(self) -> str:
         return KEY_NAMES.get(self.key, self.key)
+
+
+def connection_lines(client: AgentClient, width: int = 90) -> list[str]:
+    """The client's connection state, then its hint (what to do) wrapped to `width` characters."""
+    lines = [f"{client.address}: {client.status_text}"]
+    hint = client.state_hint
+    while hint:
+        cut = hint.rfind(" ", 0, width) if len(hint) > width else len(hint)
+        cut = cut if cut > 0 else len(hint)
+        lines.append(hint[:cut])
+        hint = hint[cut:].lstrip()
+    return lines
 
 
 class ViewerApp:
@@ -151,11 +163,17 @@ class ViewerApp:
             w, h = MAX_TILE_WIDTH, int(round(h * MAX_TILE_WIDTH / w))
         return w, h
 
+    def status_screen(self, tile: CameraTile | None = None, size: tuple[int, int] = (640, 240)) -> np.ndarray:
+        """What a tile shows before its first frame: the connection state and what to do about it."""
+        tile = tile or self.tile
+        image = np.zeros((size[1], size[0], 3), np.uint8)
+        draw_text_block(image, connection_lines(tile.client, width=max(20, size[0] // 8)))
+        return image
+
     def render_tile(self, tile: CameraTile, size: tuple[int, int]) -> np.ndarray:
         w, h = size
         if tile.last_image is None:
-            image = np.zeros((h, w, 3), np.uint8)
-            draw_text_block(image, [f"waiting for {tile.client.address} ({tile.client.state})"], origin=(8, h // 2))
+            return self.status_screen(tile, size)
         elif tile.last_image.shape[:2] != (h, w):
             image = cv2.resize(tile.last_image, (w, h), interpolation=cv2.INTER_AREA)
         else:
@@ -196,7 +214,11 @@ class ViewerApp:
             frame = tile.client.latest()
             if frame is not None and (tile.last_frame is None or frame.sequence != tile.last_frame.sequence
                                       or frame.received_ns != tile.last_frame.received_ns):
-                image = frame.decode()
+                try:
+                    image = frame.decode()
+                except BadFrame as exc:  # a corrupt frame is skipped; the next one will do
+                    log.warning("%s", exc)
+                    continue
                 tile.shown(frame, image)
                 tile.last_image = image
                 changed = True

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from .calibration import WHAT, calibration_summary, progress_line, start_calibration
-from .client import AgentClient, CommandFailed
+from .client import AgentClient, BadFrame, CommandFailed
 from .report import save_report
 from .session import ViewingSession
 
@@ -43,7 +43,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the agents found on the local network and exit")
     p.add_argument("--discover-timeout", type=float, default=2.0, metavar="S", help="how long to browse (mDNS)")
     p.add_argument("--log-level", default="WARNING")
+    sec = p.add_argument_group("security (see `host-viewer keys`)")
+    sec.add_argument("--agent-key", metavar="KEY", help="the agent's public key (`pi-agent keys` on the Pi); "
+                                                        "default: from known_agents")
+    sec.add_argument("--insecure", action="store_true", help="connect in plain text (agent run with --insecure)")
+    sec.add_argument("--config-dir", metavar="DIR", help="keys and known_agents (default ~/.config/picamlink)")
     return p
+
+
+def keys_main(argv: list[str]) -> int:
+    from .security import create_or_load_keys, known_agents_file, read_known_agents
+
+    p = argparse.ArgumentParser(prog="host-viewer keys", description="Create (first time) and show the viewer's key.")
+    p.add_argument("--config-dir", metavar="DIR", help="default ~/.config/picamlink")
+    args = p.parse_args(argv)
+    try:
+        keys, created = create_or_load_keys(args.config_dir)
+    except (OSError, ValueError) as exc:
+        print(f"host-viewer keys: {exc}", file=sys.stderr)
+        return 1
+    print(keys.public)
+    print(f"# {'created' if created else 'the viewer key in'} {keys.directory} (secret: viewer.key_secret, 0600)",
+          file=sys.stderr)
+    print(f"# allow it on the Pi with: pi-agent authorize {keys.public}", file=sys.stderr)
+    print(f"# {len(read_known_agents(args.config_dir))} trusted agent(s) in {known_agents_file(args.config_dir)}; "
+          f"add one with: host-viewer trust HOST:PORT AGENT_KEY", file=sys.stderr)
+    return 0
+
+
+def trust_main(argv: list[str]) -> int:
+    from .security import remember_agent
+
+    p = argparse.ArgumentParser(prog="host-viewer trust",
+                                description="Remember an agent's public key (`pi-agent keys` on the Pi) in known_agents.")
+    p.add_argument("address", metavar="HOST:PORT")
+    p.add_argument("key", metavar="AGENT_PUBLIC_KEY")
+    p.add_argument("--config-dir", metavar="DIR", help="default ~/.config/picamlink")
+    args = p.parse_args(argv)
+    try:
+        path = remember_agent(args.address, args.key, args.config_dir)
+    except (OSError, ValueError) as exc:
+        print(f"host-viewer trust: {exc}", file=sys.stderr)
+        return 2
+    print(f"trusting {args.address} with key {args.key.strip()} ({path})")
+    return 0
 
 
 def run_headless(client: AgentClient, duration: float | None, recorder=None,
@@ -58,9 +101,14 @@ def run_headless(client: AgentClient, duration: float | None, recorder=None,
         except TimeoutError:
             continue
         last = frame.sequence
+        try:
+            image = frame.decode()
+        except BadFrame as exc:  # a corrupt frame is skipped; the stream goes on
+            log.warning("%s", exc)
+            continue
         if recorder is not None:
             recorder.write(frame)
-        session.record(frame, frame.decode())
+        session.record(frame, image)
     return session
 
 
@@ -132,6 +180,11 @@ def parse_overlays(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["keys"]:  # subcommands; anything else is HOST:PORT and options
+        return keys_main(argv[1:])
+    if argv[:1] == ["trust"]:
+        return trust_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     addresses = list(args.address)
@@ -148,9 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.record and not args.record.lower().endswith(".mkv"):
         print(f"host-viewer: --record needs a .mkv file name (Matroska, MJPEG), not {args.record!r}", file=sys.stderr)
         return 2
+    from .security import UntrustedAgent, client_security
+
     try:
-        clients = [AgentClient(a, credit=args.credit) for a in addresses]
-    except ValueError as exc:
+        clients = [AgentClient(a, credit=args.credit,
+                               security=client_security(a, agent_key=args.agent_key, insecure=args.insecure,
+                                                        config_dir=args.config_dir))
+                   for a in addresses]
+    except UntrustedAgent as exc:
+        print(f"host-viewer: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
         print(f"host-viewer: {exc}", file=sys.stderr)
         return 2
     summary: dict = {}
@@ -162,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 client.wait_connected(args.connect_timeout)
             except TimeoutError:
+                if client.state == "refused":
+                    print(f"host-viewer: refused by {client.address}: {client.state_detail}: {client.state_hint}",
+                          file=sys.stderr)
+                    return 1
                 print(f"host-viewer: no agent answered at {client.address} within {args.connect_timeout:g} s "
                       f"(is pi-agent running there?)", file=sys.stderr)
                 return 1

@@ -26,16 +26,25 @@ from typing import Any, Callable
 import numpy as np
 import simplejpeg
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from protocol.address import parse_address, tcp_endpoint
 from protocol import (
     MAX_INBOUND_TO_VIEWER, Bye, ClockOffset, Command, Credit, Error, ErrorCode, Event, Frame, Hello, Ping, Pong,
-    Progress, ProtocolError, Result, Sequencer, Welcome, clock_sample, decode, unpack_array,
+    Progress, ProtocolError, Result, Sequencer, Welcome, clock_sample, decode, encode, unpack_array,
 )
+from protocol.limits import MAX_MESSAGE_SIZE
 
 log = logging.getLogger(__name__)
 
+MONITORED_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
 CLIENT_NAME = "host-viewer 0.1.0"
+
+
+class BadFrame(ValueError):
+    """A frame's JPEG could not be decoded (a corrupt or hostile frame): skip it, the stream goes on."""
 
 
 class CommandFailed(Exception):
@@ -63,7 +72,11 @@ class ReceivedFrame:
     offset_ns: int  # agent clock minus viewer clock, as estimated when it arrived
 
     def decode(self) -> np.ndarray:
-        return simplejpeg.decode_jpeg(self.jpeg, colorspace="BGR")
+        """The BGR image; raises BadFrame (a ValueError) when the JPEG is corrupt."""
+        try:
+            return simplejpeg.decode_jpeg(self.jpeg, colorspace="BGR")
+        except Exception as exc:  # simplejpeg raises ValueError or RuntimeError depending on the damage
+            raise BadFrame(f"frame {self.sequence}: undecodable JPEG of {len(self.jpeg)} bytes ({exc})") from None
 
     def age_ms(self, viewer_now_ns: int | None = None) -> float:
         """Capture (agent clock) to `viewer_now_ns` (viewer clock, default now), corrected by the offset."""
@@ -76,9 +89,12 @@ class ReceivedFrame:
         if hist is None:
             return None
         try:
-            return unpack_array(hist, "hist")
+            array = unpack_array(hist, "hist")
         except ProtocolError:
             return None
+        if array.ndim != 2 or array.shape[0] != 4 or array.shape[1] == 0:
+            return None
+        return array
 
 
 @dataclass
@@ -118,7 +134,8 @@ class AgentClient:
         self.clock = ClockOffset()
         self.welcome: Welcome | None = None
         self.state = "connecting"  # connecting, connected, reconnecting, refused, closed
-        self.state_detail = ""
+        self.state_detail = ""  # why, when refused: "not authorised", "agent key mismatch", ...
+        self.state_hint = ""  # the sentence telling the user what to do about it
         self.events: deque[Event] = deque(maxlen=100)
         self.errors: deque[Error] = deque(maxlen=100)
         self.frames_received = 0
@@ -127,6 +144,7 @@ class AgentClient:
         self.reconnects = 0
         self._last_sequence: int | None = None
         self._welcome_event = threading.Event()
+        self._pings_sent: deque[int] = deque(maxlen=16)  # t0 of recent pings, to match pongs
 
     # lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> "AgentClient":
@@ -151,6 +169,11 @@ class AgentClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def status_text(self) -> str:
+        """The connection state as the window shows it, e.g. "reconnecting" or "refused: not authorised"."""
+        return f"{self.state}: {self.state_detail}" if self.state_detail else self.state
 
     def wait_connected(self, timeout: float = 5.0) -> Welcome:
         if not self._welcome_event.wait(timeout):
@@ -178,12 +201,31 @@ class AgentClient:
         """Send a command; the returned PendingCommand's future resolves to the Result's value dict or
         raises CommandFailed. The command expires `ttl` seconds from now (on the agent's clock)."""
         command_id = next(self._ids)
-        expires = self.clock.to_agent(time.monotonic_ns() + int(ttl * 1e9)) if self.clock.known else 0
+        expires = 0  # no expiry until the clock offset is known
+        if self.clock.known:  # a deadline before the agent's clock began is already past, never "none" (0)
+            expires = min(max(self.clock.to_agent(time.monotonic_ns() + int(ttl * 1e9)), 1), 2**64 - 1)
         pending = PendingCommand(id=command_id, name=name, future=Future(), on_progress=on_progress)
+        command = Command(id=command_id, name=name, args=args or {}, expires_ns=expires)
+        problem = self._unsendable(command)
+        if problem is not None:
+            pending.future.set_exception(CommandFailed(*problem))
+            return pending
         with self._lock:
             self._pending[command_id] = pending
-        self._outbox.append(Command(id=command_id, name=name, args=args or {}, expires_ns=expires))
+        self._outbox.append(command)
         return pending
+
+    @staticmethod
+    def _unsendable(command: Command) -> tuple[str, str] | None:
+        """(code, sentence) when `command` cannot go on the wire (unencodable or too large), else None."""
+        try:
+            size = len(encode(command))
+        except (TypeError, ValueError, OverflowError) as exc:
+            return ErrorCode.BAD_ARGUMENT, f"{command.name}: arguments cannot be encoded ({exc})"
+        if size > MAX_MESSAGE_SIZE["command"]:
+            return ErrorCode.TOO_LARGE, (f"{command.name}: {size} bytes exceeds the command limit of "
+                                         f"{MAX_MESSAGE_SIZE['command']} bytes")
+        return None
 
     def command(self, name: str, args: dict | None = None, *, timeout: float = 5.0,
                 on_progress: Callable[[Progress], None] | None = None) -> dict:
@@ -204,7 +246,7 @@ class AgentClient:
         sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue commands for an agent that is not there
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_TO_VIEWER)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)  # a restarted agent is found within a second
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
@@ -213,10 +255,63 @@ class AgentClient:
         sock.connect(self.endpoint)
         return sock
 
+    def _open_monitor(self, sock: zmq.Socket) -> zmq.Socket:
+        """Handshake outcomes from the socket monitor: the only way to learn that an agent refused us."""
+        return sock.get_monitor_socket(MONITORED_EVENTS)
+
+    def _viewer_public_key(self) -> str:
+        return getattr(getattr(self._security, "keys", None), "public", "VIEWER_PUBLIC_KEY")
+
+    def _on_monitor(self, monitor: zmq.Socket) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            kind, value = event["event"], event["value"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if self.state == "refused":
+                    self.state, self.state_detail, self.state_hint = "connecting", "", ""
+                continue
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                detail = "not authorised"
+                hint = (f"the agent at {self.address} does not know this viewer's key: on the Pi run "
+                        f"`pi-agent authorize {self._viewer_public_key()}`" if self._security is not None else
+                        f"the agent at {self.address} refused this viewer")
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                if self._security is None:
+                    detail = "the agent requires encryption"
+                    hint = (f"the agent at {self.address} is encrypted and its key is unknown here: run `pi-agent keys` "
+                            f"on the Pi and pass --agent-key KEY, or add '{self.address} KEY' to "
+                            f"~/.config/picamlink/known_agents")
+                else:
+                    detail = "the agent is not encrypted"
+                    hint = (f"the agent at {self.address} streams in plain text although its key is known here; "
+                            f"refusing (pass --insecure to accept plain text)")
+            elif kind in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                if self.state == "refused" and self.state_detail and self.state_detail != "handshake failed":
+                    continue  # a retry's vaguer event must not hide the specific reason already known
+                if self._security is None:
+                    detail, hint = "handshake failed", f"the ZeroMQ handshake with {self.address} failed"
+                else:
+                    detail = "agent key mismatch"
+                    hint = (f"the agent at {self.address} does not hold the key this viewer trusts for it (another "
+                            f"machine, or new keys): compare with `pi-agent keys` on the Pi before changing "
+                            f"--agent-key or known_agents")
+            else:
+                continue
+            if self.state != "refused" or self.state_detail != detail:
+                log.warning("%s", hint)
+            self.state, self.state_detail, self.state_hint = "refused", detail, hint
+
     def _run(self) -> None:
         sock = self._make_socket()
+        monitor = self._open_monitor(sock)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         last_heard = time.monotonic()
         next_ping = 0.0
         next_hello = 0.0
@@ -229,7 +324,7 @@ class AgentClient:
                                                capabilities=["credit", "ping"]))
                         next_hello = now + 0.25
                 elif now >= next_ping:
-                    self._send(sock, Ping(t0=time.monotonic_ns()))
+                    self._ping(sock)
                     next_ping = now + self._ping_interval
                 while self._outbox:
                     command = self._outbox.popleft()
@@ -237,6 +332,8 @@ class AgentClient:
                         self._fail(command.id, "not_connected",
                                    f"not connected to {self.address}; {command.name} was not sent")
                 events = dict(poller.poll(20))
+                if events.get(monitor):
+                    self._on_monitor(monitor)
                 if events.get(sock):
                     last_heard = time.monotonic()
                     for _ in range(100):
@@ -249,12 +346,16 @@ class AgentClient:
                     # Nothing heard: the agent died or restarted. A fresh socket and a new hello.
                     if self.state == "connected":
                         log.info("agent %s silent for %.1f s; reconnecting", self.address, self._silence_timeout)
-                    self.state = "reconnecting" if self.welcome is not None else "connecting"
+                    if self.state != "refused":  # keep saying why until an agent takes us
+                        self.state = "reconnecting" if self.welcome is not None else "connecting"
                     self.reconnects += 1
                     poller.unregister(sock)
-                    sock.close(linger=0)
+                    poller.unregister(monitor)
+                    self._close_socket(sock, monitor)
                     sock = self._make_socket()
+                    monitor = self._open_monitor(sock)
                     poller.register(sock, zmq.POLLIN)
+                    poller.register(monitor, zmq.POLLIN)
                     last_heard = time.monotonic()
                     next_hello = 0.0
         finally:
@@ -262,17 +363,36 @@ class AgentClient:
                 sock.send(self._sequencer.encode(Bye(reason="viewer closing")), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
-            sock.close(linger=0)
+            self._close_socket(sock, monitor)
+
+    @staticmethod
+    def _close_socket(sock: zmq.Socket, monitor: zmq.Socket) -> None:
+        try:
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        monitor.close(linger=0)
+        sock.close(linger=0)
 
     def _send(self, sock: zmq.Socket, message) -> bool:
         try:
-            sock.send(self._sequencer.encode(message), zmq.NOBLOCK)
+            data = self._sequencer.encode(message)
+        except (TypeError, ValueError, OverflowError) as exc:  # never let one message kill the I/O thread
+            log.error("cannot encode %s for %s: %s", message.TYPE, self.address, exc)
+            return False
+        try:
+            sock.send(data, zmq.NOBLOCK)
             return True
         except zmq.Again:
             return False
         except zmq.ZMQError as exc:
             log.warning("send to %s failed: %s", self.address, exc)
             return False
+
+    def _ping(self, sock: zmq.Socket) -> None:
+        t0 = time.monotonic_ns()
+        self._pings_sent.append(t0)
+        self._send(sock, Ping(t0=t0))
 
     def _handle(self, sock: zmq.Socket, data: zmq.Frame) -> None:
         received_ns = time.monotonic_ns()
@@ -286,14 +406,18 @@ class AgentClient:
         if isinstance(message, Frame):
             self._frame(sock, message, received_ns)
         elif isinstance(message, Pong):
-            self.clock.add(clock_sample(message.t0, message.t1, received_ns))
+            # Only an answer to a ping we sent counts, with an agent clock reading a monotonic clock can
+            # give: a stray or forged pong must not move the clock offset (frame ages, command expiry).
+            if message.t0 in self._pings_sent and 0 <= message.t1 < 2**63:
+                self._pings_sent.remove(message.t0)
+                self.clock.add(clock_sample(message.t0, message.t1, received_ns))
         elif isinstance(message, Welcome):
             # The welcome's envelope time gives a first clock estimate (hello → welcome round trip).
             self.welcome = message
             self.state = "connected"
-            self.state_detail = ""
+            self.state_detail = self.state_hint = ""
             self._welcome_event.set()
-            self._send(sock, Ping(t0=time.monotonic_ns()))
+            self._ping(sock)
         elif isinstance(message, Result):
             self._resolve(message.id, message.value, None)
         elif isinstance(message, Error):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -27,9 +29,24 @@ def draw_text_block(image: np.ndarray, lines: list[str], origin=(8, 8), scale: f
         cv2.putText(image, line, (x0 + 6, y), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
+def number(value) -> float | None:
+    """`value` as a finite float, or None: metadata comes from the network and may be anything."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def basic_lines(frame: ReceivedFrame, fps: float, age_ms: float, state: str) -> list[str]:
-    md = frame.metadata
-    lines = [f"{fps:5.1f} fps   age {age_ms:6.1f} ms   {state}"]
-    if "ExposureTime" in md:
-        lines.append(f"exposure {md['ExposureTime'] / 1000:.2f} ms   gain {md.get('AnalogueGain', 0):.2f}")
+    md = frame.metadata if isinstance(frame.metadata, dict) else {}
+    age = number(age_ms)
+    age_text = f"{age:6.1f} ms" if age is not None else "   ? ms"
+    lines = [f"{fps:5.1f} fps   age {age_text}   {state}"]
+    exposure, gain = number(md.get("ExposureTime")), number(md.get("AnalogueGain"))
+    if exposure is not None:
+        gain_text = f"{gain:.2f}" if gain is not None else "?"
+        lines.append(f"exposure {exposure / 1000:.2f} ms   gain {gain_text}")
     return lines

@@ -1,4 +1,6 @@
-"""`pi-agent`: stream the camera (simulated by default when no Pi camera is present) to viewers."""
+"""`pi-agent`: stream the camera (simulated by default when no Pi camera is present) to viewers.
+
+`pi-agent keys` creates/shows the agent's key; `pi-agent authorize VIEWER_KEY_OR_FILE` allows a viewer in."""
 
 from __future__ import annotations
 
@@ -64,32 +66,101 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clear-calibration", action="store_true",
                    help="forget the saved calibration (and exported tuning) before starting")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
+    sec = p.add_argument_group("security (see `pi-agent keys` and `pi-agent authorize`)")
+    sec.add_argument("--secure", action="store_true",
+                     help="encrypt (CURVE) and admit only authorised viewers, also on loopback; the default "
+                          "for any non-loopback --listen")
+    sec.add_argument("--insecure", action="store_true",
+                     help="plain text, anyone may connect: needed to listen beyond loopback without keys")
+    sec.add_argument("--config-dir", metavar="DIR", help="keys live in DIR/agent (default ~/.config/picamlink)")
     return p
 
 
+def build_keys_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pi-agent keys", description="Create (first time) and show the agent's key.")
+    p.add_argument("--config-dir", metavar="DIR", help="default ~/.config/picamlink")
+    return p
+
+
+def build_authorize_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pi-agent authorize",
+                                description="Allow a viewer to connect: its public key (from `host-viewer keys`) "
+                                            "or a file holding it.")
+    p.add_argument("key", metavar="VIEWER_PUBLIC_KEY_OR_FILE")
+    p.add_argument("--name", help="a name for this viewer (the file name in authorized_keys)")
+    p.add_argument("--config-dir", metavar="DIR", help="default ~/.config/picamlink")
+    return p
+
+
+def keys_main(argv: list[str]) -> int:
+    from .security import authorized_keys, create_or_load_keys
+
+    args = build_keys_parser().parse_args(argv)
+    try:
+        keys, created = create_or_load_keys(args.config_dir)
+    except (OSError, ValueError) as exc:
+        print(f"pi-agent keys: {exc}", file=sys.stderr)
+        return 1
+    allowed = authorized_keys(args.config_dir)
+    print(keys.public)
+    print(f"# {'created' if created else 'the agent key in'} {keys.directory} (secret: agent.key_secret, 0600)",
+          file=sys.stderr)
+    print(f"# viewers trust it with: host-viewer HOST:PORT --agent-key {keys.public}", file=sys.stderr)
+    print(f"# {len(allowed)} authorised viewer(s) in {keys.authorized_dir}"
+          + (f": {', '.join(sorted(allowed.values()))}" if allowed else "; add one with `pi-agent authorize KEY`"),
+          file=sys.stderr)
+    return 0
+
+
+def authorize_main(argv: list[str]) -> int:
+    from .security import authorize
+
+    args = build_authorize_parser().parse_args(argv)
+    try:
+        key, path, added = authorize(args.key, name=args.name, config_dir=args.config_dir)
+    except (OSError, ValueError) as exc:
+        print(f"pi-agent authorize: {exc}", file=sys.stderr)
+        return 2
+    print(f"{'authorised' if added else 'already authorised'}: {key} ({path}); takes effect at its next connection")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["keys"]:
+        return keys_main(argv[1:])
+    if argv[:1] == ["authorize"]:
+        return authorize_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 1 <= args.quality <= 100:
         print("pi-agent: --quality must be between 1 and 100", file=sys.stderr)
         return 2
     from .agent import Agent
+    from .security import InsecureListen, server_security
 
     if args.clear_calibration:
         removed = StateStore(args.state_dir).clear()
         log.info("calibration %s", f"cleared from {args.state_dir}" if removed else "was not saved; nothing to clear")
     try:
+        security = server_security(args.listen, secure=args.secure, insecure=args.insecure,
+                                   config_dir=args.config_dir)
+    except (InsecureListen, OSError, ValueError) as exc:
+        print(f"pi-agent: {exc}", file=sys.stderr)
+        return 2
+    try:
         camera = make_camera(args.camera, sensor=args.sensor, scene=args.scene,
                              colour_temperature=args.colour_temperature, seed=args.seed)
         limit_opencv_threads(camera)
         agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality,
-                      state_dir=args.state_dir, name=args.name, announce=not args.no_announce)
+                      state_dir=args.state_dir, name=args.name, announce=not args.no_announce, security=security)
         port = agent.start()
     except (ValueError, RuntimeError) as exc:
         print(f"pi-agent: {exc}", file=sys.stderr)
         return 2
-    log.info("streaming %s %dx%d at %g fps on port %d (Ctrl-C to stop)",
-             camera.sensor.model, args.size[0], args.size[1], args.fps, port)
+    log.info("streaming %s %dx%d at %g fps on port %d, %s (Ctrl-C to stop)",
+             camera.sensor.model, args.size[0], args.size[1], args.fps, port,
+             f"encrypted, agent key {security.keys.public}" if security else "plain text")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

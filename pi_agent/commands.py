@@ -121,38 +121,54 @@ class CommandRouter:
 
     # jobs --------------------------------------------------------------------------------------------
     def start_job(self, command: Command, reply: Reply, holder: str, work: Callable[[Job], dict],
-                  on_failure: Callable[[], None] | None = None) -> None:
+                  on_failure: Callable[[], None] | None = None, restore_controls: bool = True) -> None:
         """Run `work(job)` on a worker thread holding the camera lease; its dict is the final Result.
 
-        On cancellation or failure `on_failure` runs first (e.g. to restore controls), then the Error.
+        On cancellation or failure the camera controls are put back as they were when the job started
+        (`restore_controls`), then `on_failure` runs (e.g. to restore a lens-shading table), then the
+        Error goes out: a viewer that sees the error can rely on the camera being as before.
         """
         self.context.lease.acquire(holder)
+        try:
+            controls_before = dict(self.context.camera.controls()) if restore_controls else None
+        except Exception:
+            self.context.lease.release(holder)
+            raise
         job = Job(command=command, reply=reply)
         with self._jobs_lock:
             self._jobs[command.id] = job
 
         def run() -> None:
             try:
-                value = work(job)
+                outcome: Message = Result(id=command.id, value=plain(work(job)))
             except BaseException as exc:  # noqa: BLE001 - every outcome must produce one final reply
+                if controls_before is not None:
+                    self._restore_controls(command.name, controls_before)
                 if on_failure is not None:
                     try:
                         on_failure()
                     except Exception:
                         log.exception("restoring after %s failed", command.name)
                 if isinstance(exc, CommandError):
-                    reply(Error(id=command.id, code=exc.code, message=exc.message, detail=plain(exc.detail)))
+                    outcome = Error(id=command.id, code=exc.code, message=exc.message, detail=plain(exc.detail))
                 else:
                     log.exception("job %s failed", command.name)
-                    reply(Error(id=command.id, code=ErrorCode.FAILED, message=f"{command.name} failed: {exc}"))
-            else:
-                reply(Result(id=command.id, value=plain(value)))
+                    outcome = Error(id=command.id, code=ErrorCode.FAILED, message=f"{command.name} failed: {exc}")
             finally:
                 self.context.lease.release(holder)
                 with self._jobs_lock:
                     self._jobs.pop(command.id, None)
+            reply(outcome)  # after the release: whoever sees the reply finds the camera free
 
         threading.Thread(target=run, name=f"job-{command.name}", daemon=True).start()
+
+    def _restore_controls(self, job_name: str, controls: dict) -> None:
+        camera = self.context.camera
+        try:
+            camera.set_controls(controls)
+            log.info("controls restored after %s stopped: %s", job_name, controls)
+        except Exception:
+            log.exception("restoring controls after %s failed", job_name)
 
     def cancel_all(self) -> None:
         with self._jobs_lock:
@@ -195,6 +211,8 @@ class CommandRouter:
 
     def _cancel(self, command: Command, reply: Reply) -> dict:
         target = command.args.get("id")
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, str))):
+            raise CommandError(ErrorCode.BAD_ARGUMENT, "cancel's 'id' must be a command id (int or str), or absent")
         with self._jobs_lock:
             jobs = [self._jobs[target]] if target in self._jobs else ([] if target is not None else list(self._jobs.values()))
         if target is not None and not jobs:

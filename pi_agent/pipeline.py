@@ -19,13 +19,17 @@ from typing import Callable
 
 import simplejpeg
 
-from protocol import Frame, encode
+from protocol import ErrorCode, Frame, encode
 
 from .camera.base import CameraBackend, CameraError, CapturedFrame
+from .errors import CommandError
 from .stats import RawStats, compute_stats
 from .wire import plain
 
 log = logging.getLogger(__name__)
+
+CAPTURE_TIMEOUT = 2.0  # s; a capture that takes longer is a camera failure (the backend raises CameraError)
+MAX_BACKOFF = 2.0  # s between attempts to reopen a failing camera
 
 
 class LatestSlot:
@@ -101,6 +105,7 @@ class CapturePipeline:
         self.frames_encoded = 0
         self.last_metadata: dict = {}
         self.last_stats: RawStats | None = None
+        self.camera_failures = 0  # failed captures since start (each reported as a camera_error event)
         self._fps_window: list[float] = []
         self._encoder_waiting = False
 
@@ -138,6 +143,16 @@ class CapturePipeline:
             log.exception("camera stop failed")
 
     @property
+    def running(self) -> bool:
+        """True while the capture thread runs (frames flow, unless the camera is failing)."""
+        return any(t.is_alive() for t in self._threads)
+
+    def require_running(self, what: str) -> None:
+        """Refuse at once a command that needs frames when none can come (rather than time out later)."""
+        if not self.running:
+            raise CommandError(ErrorCode.CAMERA, f"{what}: the camera is not streaming, so no frame can come")
+
+    @property
     def fps(self) -> float:
         window = self._fps_window
         if len(window) < 2:
@@ -146,22 +161,28 @@ class CapturePipeline:
 
     # threads ---------------------------------------------------------------------------------------
     def _capture_loop(self) -> None:
-        failures = 0
+        failures = 0  # consecutive failed captures; reset by the first good frame
         while not self._stop.is_set():
             try:
-                frame = self.camera.capture(timeout=2.0)
-            except CameraError as exc:
+                frame = self.camera.capture(timeout=CAPTURE_TIMEOUT)
+            except Exception as exc:  # CameraError, or a backend bug: either way report and reopen
+                if self._stop.is_set():
+                    return
                 failures += 1
-                log.warning("capture failed (%s); recovering", exc)
-                self._on_event("camera_error", f"capture failed: {exc}", {"failures": failures})
-                self._recover()
+                self.camera_failures += 1
+                if isinstance(exc, CameraError):
+                    log.warning("capture failed (%s); reopening the camera", exc)
+                else:
+                    log.exception("unexpected capture error; reopening the camera")
+                self._on_event("camera_error", f"capture failed: {exc}; reopening the camera",
+                               {"failures": failures, "error": str(exc)[:200]})
+                self._recover(failures)
                 continue
-            except Exception as exc:  # a backend bug must not kill the stream silently
-                failures += 1
-                log.exception("unexpected capture error")
-                self._on_event("camera_error", f"unexpected capture error: {exc}", {"failures": failures})
-                self._recover()
-                continue
+            if failures:
+                log.info("camera recovered after %d failed capture(s)", failures)
+                self._on_event("camera_recovered", f"frames are flowing again after {failures} failed capture(s)",
+                               {"failures": failures})
+                failures = 0
             pending = PendingStats(frame)
             encoder_waiting = self._encoder_waiting  # read before the put wakes it
             self._captured.put((frame, pending))  # the encoder starts on the JPEG while stats run here
@@ -171,8 +192,8 @@ class CapturePipeline:
             if listeners or encoder_waiting:  # else the encoder is busy: this frame may be skipped
                 try:
                     stats = pending.get()
-                except Exception:
-                    log.exception("raw statistics failed")
+                except Exception:  # a malformed raw buffer: skip this frame, keep the stream
+                    log.exception("raw statistics failed for frame %s; frame skipped", frame.sequence)
                     continue
             self.frames_captured += 1
             self.last_metadata = frame.metadata
@@ -186,20 +207,22 @@ class CapturePipeline:
                 except Exception:
                     log.exception("frame listener failed")
 
-    def _recover(self) -> None:
-        """Reopen the camera after a failure: stop, then start again; wait a little between attempts."""
+    def _recover(self, failures: int) -> None:
+        """Reopen the camera after a failure: stop, back off (50 ms doubling to 2 s with consecutive
+        failures, so a dead camera neither spins nor floods viewers with events), start again.
+        "camera_recovered" is announced by the capture loop once a frame actually arrives."""
         try:
             self.camera.stop()
         except Exception:
             log.debug("stop during recovery failed", exc_info=True)
-        while not self._stop.is_set():
+        backoff = min(MAX_BACKOFF, 0.05 * 2 ** min(failures - 1, 10))
+        while not self._stop.wait(backoff):
             try:
                 self.camera.start()
-                self._on_event("camera_recovered", "camera restarted after a failure", {})
                 return
             except Exception as exc:
                 log.warning("camera restart failed: %s", exc)
-                self._stop.wait(0.5)
+                backoff = min(MAX_BACKOFF, backoff * 2)
 
     def _encode_loop(self) -> None:
         version = 0
@@ -210,24 +233,28 @@ class CapturePipeline:
             if got is None:
                 continue
             version, (frame, pending) = got
-            jpeg = simplejpeg.encode_jpeg(frame.main, quality=self.quality, colorspace="BGR", colorsubsampling="420")
             try:
-                stats = pending.get()
-            except Exception:
-                log.exception("raw statistics failed")
-                continue
-            self.last_stats = stats
-            height, width = frame.main.shape[:2]
-            capture_ns = int(frame.metadata.get("SensorTimestamp", time.monotonic_ns()))
-            message = Frame(
-                frame=frame.sequence,
-                capture_ns=capture_ns,
-                width=width,
-                height=height,
-                jpeg=jpeg,
-                metadata=plain(frame.metadata),
-                stats=stats.to_wire(),
-            )
-            payload = encode(message, seq=frame.sequence, ts=time.monotonic_ns())
-            self.frames_encoded += 1
-            self._on_frame(EncodedFrame(frame.sequence, capture_ns, payload, len(jpeg)))
+                self._encode(frame, pending)
+            except Exception:  # one bad frame must not stop the stream
+                log.exception("encoding frame %s failed; frame skipped", frame.sequence)
+
+    def _encode(self, frame: CapturedFrame, pending: "PendingStats") -> None:
+        """JPEG-encode one frame (while its raw statistics are computed on the capture thread) and pack
+        its message once for every viewer."""
+        jpeg = simplejpeg.encode_jpeg(frame.main, quality=self.quality, colorspace="BGR", colorsubsampling="420")
+        stats = pending.get()
+        self.last_stats = stats
+        height, width = frame.main.shape[:2]
+        capture_ns = int(frame.metadata.get("SensorTimestamp", time.monotonic_ns()))
+        message = Frame(
+            frame=frame.sequence,
+            capture_ns=capture_ns,
+            width=width,
+            height=height,
+            jpeg=jpeg,
+            metadata=plain(frame.metadata),
+            stats=stats.to_wire(),
+        )
+        payload = encode(message, seq=frame.sequence, ts=time.monotonic_ns())
+        self.frames_encoded += 1
+        self._on_frame(EncodedFrame(frame.sequence, capture_ns, payload, len(jpeg)))

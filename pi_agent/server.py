@@ -33,6 +33,7 @@ from .pipeline import EncodedFrame
 log = logging.getLogger(__name__)
 
 MAX_CREDIT = 8
+MAX_COMMAND_ID_LEN = 64
 
 
 @dataclass
@@ -160,6 +161,8 @@ class AgentServer:
                 self._send(sock, identity, Bye(reason="agent stopping"))
             sock.close(linger=0)
             self.mailbox.close()
+            if self._security is not None and hasattr(self._security, "close"):
+                self._security.close()
 
     def _drain_socket(self, sock: zmq.Socket) -> None:
         for _ in range(1000):  # bounded, so the mailbox (frames) is served too
@@ -231,11 +234,18 @@ class AgentServer:
             identity=identity, client=hello.client[:80], credit=max(0, min(MAX_CREDIT, credit)),
             last_seen=time.monotonic(), user=user, capabilities=hello.capabilities[:32],
         )
-        log.info("viewer %s connected (%s); %d viewer(s)", identity.hex()[:8], hello.client[:80], len(self.sessions))
+        log.info("viewer %s connected (%s%s); %d viewer(s)", identity.hex()[:8], hello.client[:80],
+                 f", key {user}" if user else "", len(self.sessions))
         self._send(sock, identity, self._welcome())
         self._offer_latest(sock, self.sessions[identity])
 
     def _command(self, identity: bytes, command: Command) -> None:
+        if isinstance(command.id, str) and len(command.id) > MAX_COMMAND_ID_LEN:
+            # Echoing a huge id would make an error no viewer accepts: answer without it.
+            self.send_to(identity, Error(id=None, code=ErrorCode.PROTOCOL,
+                         message=f"a command id must be an int or a string of at most {MAX_COMMAND_ID_LEN} "
+                                 f"characters (got {len(command.id)}); not run"))
+            return
         if command.expires_ns and time.monotonic_ns() > command.expires_ns:
             late_ms = (time.monotonic_ns() - command.expires_ns) / 1e6
             self.send_to(identity, Error(id=command.id, code=ErrorCode.EXPIRED,

@@ -86,6 +86,7 @@ class SnapshotCommand:
 
     def handle(self, command: Command, reply: Reply) -> None:
         quality, include_raw = _arguments(command.args)
+        self.pipeline.require_running("snapshot")
         lock = threading.Lock()
         state = {"done": False}
 

@@ -7,6 +7,7 @@ strict about types: anything else is a `ProtocolError` with a code and a sentenc
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,8 +163,10 @@ def unpack_array(value: Any, name: str = "array") -> np.ndarray:
     if not isinstance(data, bytes):
         raise ProtocolError(ErrorCode.PROTOCOL, f"'{name}' data must be bin")
     itemsize = np.dtype(dtype).itemsize
-    if int(np.prod(shape, dtype=np.int64)) * itemsize != len(data):
-        raise ProtocolError(ErrorCode.PROTOCOL, f"'{name}' shape {shape} does not match its {len(data)} bytes")
+    # Exact integer product (numpy's int64 product wraps: [2**32, 2**32] would "match" 0 bytes), and no
+    # dimension beyond the data's length (a zero elsewhere would let [0, 2**64-1] through).
+    if math.prod(shape) * itemsize != len(data) or any(n > max(len(data), 1) for n in shape):
+        raise ProtocolError(ErrorCode.PROTOCOL, f"'{name}' shape {str(shape)[:60]} does not match its {len(data)} bytes")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 

@@ -135,6 +135,7 @@ class CalibrationService:
             what = normalise_what(args.get("what", "all"))
         except ValueError as exc:
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"calibrate: {exc}") from None
+        self.context.pipeline.require_running("calibrate")
         sensor = self.context.camera.sensor
         settings = ExposureSettings(
             target=_number(args, "target", sensor.black_level, sensor.white_level),

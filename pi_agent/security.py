@@ -1,0 +1,222 @@
+"""The agent's keys and who may connect: CURVE encryption with an allowlist of viewer keys, like SSH.
+
+    ~/.config/picamlink/agent/            0700
+        agent.key, agent.key_secret       the agent's certificate (0600); `pi-agent keys` creates/shows it
+        authorized_keys/                  0700; one <name>.key certificate per viewer allowed in
+                                          (`pi-agent authorize VIEWER_KEY_OR_FILE`)
+
+`CurveServer.apply_server(sock)` makes the ROUTER a CURVE server behind ZAP: a ThreadAuthenticator on the
+socket's context asks `allowed(key)` for every handshake, which reads authorized_keys afresh, so
+authorising or revoking (deleting the file) a viewer takes effect without restarting the agent. An
+unknown key fails the handshake (HANDSHAKE_FAILED_AUTH on the viewer); nothing it sends reaches the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import stat
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from protocol.address import is_loopback, parse_address
+from protocol.keys import default_config_dir, parse_certificate, public_key_from_text, render_certificate
+
+from .atomic import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+KEY_NAME = "agent"
+
+
+def agent_dir(config_dir: str | os.PathLike | None = None) -> Path:
+    return Path(config_dir).expanduser() / "agent" if config_dir else default_config_dir() / "agent"
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) if needed and make it owner-only (0700)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+        path.chmod(0o700)
+    return path
+
+
+@dataclass(frozen=True)
+class AgentKeys:
+    public: str
+    secret: str
+    directory: Path
+
+    @property
+    def authorized_dir(self) -> Path:
+        return self.directory / "authorized_keys"
+
+    @property
+    def public_file(self) -> Path:
+        return self.directory / f"{KEY_NAME}.key"
+
+
+def keys_exist(config_dir=None) -> bool:
+    return (agent_dir(config_dir) / f"{KEY_NAME}.key_secret").exists()
+
+
+def load_keys(config_dir=None) -> AgentKeys:
+    """The agent's key pair; FileNotFoundError if `pi-agent keys` has not created it."""
+    directory = agent_dir(config_dir)
+    secret_file = directory / f"{KEY_NAME}.key_secret"
+    mode = stat.S_IMODE(secret_file.stat().st_mode)
+    if mode & 0o077:
+        raise PermissionError(f"{secret_file} is readable by others (mode {mode:o}); run chmod 600 {secret_file}")
+    public, secret = parse_certificate(secret_file.read_text())
+    if secret is None:
+        raise ValueError(f"{secret_file} holds no secret key")
+    return AgentKeys(public=public, secret=secret, directory=directory)
+
+
+def create_or_load_keys(config_dir=None) -> tuple[AgentKeys, bool]:
+    """(keys, created): the existing pair, or a new one written with owner-only permissions."""
+    if keys_exist(config_dir):
+        return load_keys(config_dir), False
+    directory = private_dir(agent_dir(config_dir))
+    private_dir(directory / "authorized_keys")
+    public, secret = (k.decode("ascii") for k in zmq.curve_keypair())
+    atomic_write_bytes(directory / f"{KEY_NAME}.key", render_certificate(public, comment="picamlink agent"))
+    atomic_write_bytes(directory / f"{KEY_NAME}.key_secret", render_certificate(public, secret, "picamlink agent"))
+    log.info("created the agent's key in %s", directory)
+    return AgentKeys(public=public, secret=secret, directory=directory), True
+
+
+def authorized_keys(config_dir=None) -> dict[str, str]:
+    """{public key: name} of every viewer allowed in (an unreadable file is skipped and logged)."""
+    directory = agent_dir(config_dir) / "authorized_keys"
+    allowed: dict[str, str] = {}
+    try:
+        entries = sorted(directory.glob("*.key"))
+    except OSError:
+        return allowed
+    for path in entries:
+        try:
+            allowed[parse_certificate(path.read_text())[0]] = path.stem
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            log.warning("ignoring %s: %s", path, exc)
+    return allowed
+
+
+def authorize(key_or_file: str, name: str | None = None, config_dir=None) -> tuple[str, Path, bool]:
+    """Allow a viewer in: its public key as text or a file holding it. Returns (key, file, newly added)."""
+    source = Path(key_or_file).expanduser()
+    if len(key_or_file) != 40 and source.is_file():
+        key = public_key_from_text(source.read_text())
+        default_name = source.stem.removesuffix(".key")
+    else:
+        key = public_key_from_text(key_or_file)
+        default_name = "viewer-" + re.sub(r"[^A-Za-z0-9]", "", key)[:8]
+    existing = authorized_keys(config_dir)
+    directory = private_dir(agent_dir(config_dir) / "authorized_keys")
+    if key in existing:
+        return key, directory / f"{existing[key]}.key", False
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name or default_name).strip(".") or "viewer"
+    path = directory / f"{stem}.key"
+    n = 2
+    while path.exists():
+        path = directory / f"{stem}-{n}.key"
+        n += 1
+    atomic_write_bytes(path, render_certificate(key, comment=f"viewer allowed to connect: {stem}"))
+    return key, path, True
+
+
+# One ZAP authenticator per ZeroMQ context (it binds the context's inproc ZAP endpoint); each CurveServer
+# registers its own ZAP domain on it, so several agents can share a context with different allowlists.
+_authenticators: dict[int, tuple[ThreadAuthenticator, set[str]]] = {}
+_authenticators_lock = threading.Lock()
+
+
+class CurveServer:
+    """Applied to the agent's ROUTER: CURVE server keys, and a ZAP allowlist read from authorized_keys."""
+
+    def __init__(self, keys: AgentKeys):
+        self.keys = keys
+        self.domain = f"picamlink-{secrets.token_hex(4)}"
+        self.refused = 0  # handshakes refused (for logs and tests)
+        self._context: zmq.Context | None = None
+
+    # the ZAP credentials provider interface (called on the authenticator's thread)
+    def callback(self, domain: str, key: bytes) -> bool:
+        text = key.decode("ascii", "replace") if isinstance(key, bytes) else str(key)
+        allowed = authorized_keys(self.keys.directory.parent)
+        if text in allowed:
+            log.debug("viewer %s (%s) authorised", allowed[text], text)
+            return True
+        self.refused += 1
+        log.warning("refused a viewer with an unknown key %s (allow it with: pi-agent authorize %s)", text, text)
+        return False
+
+    def apply_server(self, sock: zmq.Socket) -> None:
+        """Before bind: make `sock` a CURVE server whose clients ZAP checks against the allowlist."""
+        self._start_authenticator(sock.context)
+        sock.setsockopt_string(zmq.ZAP_DOMAIN, self.domain)
+        sock.curve_secretkey = self.keys.secret.encode("ascii")
+        sock.curve_publickey = self.keys.public.encode("ascii")
+        sock.curve_server = True
+        if not authorized_keys(self.keys.directory.parent):
+            log.warning("no viewer is authorised yet: run `host-viewer keys` on the viewer's machine and "
+                        "`pi-agent authorize VIEWER_KEY` here")
+
+    def _start_authenticator(self, context: zmq.Context) -> None:
+        with _authenticators_lock:
+            entry = _authenticators.get(id(context))
+            if entry is None:
+                auth = ThreadAuthenticator(context, log=logging.getLogger(__name__ + ".zap"))
+                auth.start()
+                entry = _authenticators[id(context)] = (auth, set())
+            auth, domains = entry
+            auth.configure_curve_callback(domain=self.domain, credentials_provider=self)
+            domains.add(self.domain)
+        self._context = context
+
+    def close(self) -> None:
+        """Unregister from the authenticator (stopped when its last agent goes)."""
+        context, self._context = self._context, None
+        if context is None:
+            return
+        with _authenticators_lock:
+            entry = _authenticators.get(id(context))
+            if entry is None:
+                return
+            auth, domains = entry
+            domains.discard(self.domain)
+            auth.credentials_providers.pop(self.domain, None)
+            if not domains:
+                del _authenticators[id(context)]
+                auth.stop()
+
+
+class InsecureListen(ValueError):
+    """Refusing to stream in plain text to a network."""
+
+
+def server_security(listen: str, *, secure: bool = False, insecure: bool = False, config_dir=None) -> CurveServer | None:
+    """What `pi-agent` runs with: CURVE when asked (`secure`) or when listening beyond loopback, plain text
+    on loopback (the quick start) or with `insecure`. Raises InsecureListen with the sentence to show."""
+    host, _port = parse_address(listen)
+    if secure and insecure:
+        raise InsecureListen("--secure and --insecure contradict each other; choose one")
+    if insecure:
+        if not is_loopback(host):
+            log.warning("--insecure: streaming video and taking commands in plain text from anyone who can "
+                        "reach %s", listen)
+        return None
+    if not secure and is_loopback(host):
+        return None
+    if not keys_exist(config_dir):
+        raise InsecureListen(
+            f"refusing to listen on {listen} without encryption: run `pi-agent keys` to create the agent's key "
+            f"and `pi-agent authorize VIEWER_KEY` for each viewer, or pass --insecure to stream in plain text "
+            f"to anyone on the network")
+    return CurveServer(load_keys(config_dir))

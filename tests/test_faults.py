@@ -1,0 +1,258 @@
+"""Faults: agent restarts, viewers that vanish, commands that must not run late, camera failures,
+jobs that stop half-way, and oversized messages. Real sockets on loopback, deadlines by polling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+import protocol as p
+from host_viewer.client import AgentClient, CommandFailed
+from host_viewer.display import basic_lines
+from pi_agent.agent import Agent
+from pi_agent.camera.sim import SimulatedCamera
+from protocol.limits import MAX_INBOUND_TO_AGENT, MAX_INBOUND_TO_VIEWER
+
+from .conftest import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def agents():
+    """agents(listen="127.0.0.1:0", **kwargs) -> a started Agent; every one is stopped after the test."""
+    started: list[Agent] = []
+
+    def start(listen: str = "127.0.0.1:0", fps: float = 30.0, **kwargs) -> Agent:
+        agent = Agent(SimulatedCamera(seed=len(started) + 1), listen, size=(320, 240), fps=fps, **kwargs)
+        agent.start()
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
+
+
+def test_a_restarted_agent_is_found_again_within_two_seconds(agents, connect):
+    first = agents()
+    port = first.port
+    client = connect(first)
+    client.wait_frame()
+    states: list[str] = []
+    watching = threading.Event()
+
+    def watch():  # the state a window would show, sampled like a 100 fps display loop
+        while not watching.is_set():
+            if not states or states[-1] != client.state:
+                states.append(client.state)
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    first.stop()
+    wait_until(lambda: client.state == "reconnecting", timeout=5, message="the viewer noticing the agent left")
+    frame = client.latest()
+    assert "reconnecting" in basic_lines(frame, 0.0, 0.0, client.status_text)[0]  # on screen
+    second = agents(f"127.0.0.1:{port}")
+    restarted = time.monotonic()
+    instance = second.info["instance"]
+
+    def frames_from_the_new_agent():
+        latest = client.latest()
+        return client.welcome.agent["instance"] == instance and latest is not None and latest.received_ns > restarted * 1e9
+
+    # The issue's bound: found again within 2 s of the new agent starting (a deadline, not a measurement).
+    wait_until(frames_from_the_new_agent, timeout=2.0, message="frames from the restarted agent within 2 s")
+    watching.set()
+    watcher.join()
+    assert client.state == "connected"
+    assert states[0] == "connected" and "reconnecting" in states, states
+
+
+def test_a_viewer_killed_with_sigkill_is_forgotten_and_the_others_do_not_notice(agents, connect):
+    # 10 fps and 8 frames in flight: a gap would take the agent stalling for 0.8 s, not a busy CPU.
+    agent = agents(fps=10)
+    viewer = connect(agent, credit=8)
+    viewer.wait_frame()
+    victim = subprocess.Popen([sys.executable, "-m", "host_viewer.cli", f"127.0.0.1:{agent.port}", "--headless",
+                               "--duration", "60"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: agent.server.viewer_count == 2, timeout=15, message="the second viewer's session")
+        wait_until(lambda: min(s.frames_sent for s in list(agent.server.sessions.values())) > 5, timeout=10,
+                   message="frames flowing to both viewers")
+        dropped, received = viewer.frames_dropped, viewer.frames_received
+        first = viewer.latest().sequence
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        wait_until(lambda: agent.server.viewer_count == 1, timeout=8, message="the agent forgetting the killed viewer")
+        viewer.wait_frame(newer_than=viewer.latest().sequence + 10, timeout=10)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    last = viewer.latest().sequence
+    assert viewer.frames_dropped == dropped, "the other viewer missed frames while its neighbour died"
+    assert viewer.frames_received - received >= last - first  # every frame in between, none skipped
+    assert viewer.state == "connected"
+
+
+def test_a_command_sent_while_the_agent_is_down_fails_fast_and_never_runs_later(agents, connect):
+    first = agents()
+    port = first.port
+    client = connect(first)
+    first.stop()
+    wait_until(lambda: client.state != "connected", timeout=5, message="the viewer noticing the agent left")
+    pending = client.send_command("set_controls", {"controls": {"ExposureTime": 1234}}, ttl=30)
+    wait_until(pending.future.done, timeout=1.0, message="the command failing at once")
+    with pytest.raises(CommandFailed) as info:
+        pending.future.result()
+    assert info.value.code == "not_connected"
+    second = agents(f"127.0.0.1:{port}")
+    wait_until(lambda: client.state == "connected" and client.welcome.agent["instance"] == second.info["instance"],
+               timeout=5, message="reconnection")
+    before = client.wait_frame().sequence
+    client.wait_frame(newer_than=before + 5, timeout=5)  # time for anything queued to have arrived
+    assert second.camera.controls().get("ExposureTime") != 1234
+    assert client.command("status")["controls"].get("ExposureTime") != 1234
+
+
+@pytest.mark.parametrize("fault", ["raise", "hang"])
+def test_camera_failure_is_reported_the_camera_reopened_and_the_stream_resumes(agents, connect, fault):
+    agent = agents()
+    client = connect(agent)
+    before = client.wait_frame().sequence
+    agent.camera.inject_fault(fault, count=2)
+    wait_until(lambda: any(e.name == "camera_recovered" for e in client.events), timeout=15,
+               message="a camera_recovered event")
+    errors = [e for e in client.events if e.name == "camera_error"]
+    assert len(errors) == 2 and errors[0].detail["failures"] == 1 and errors[1].detail["failures"] == 2
+    assert "reopening" in errors[0].message
+    recovered = [e for e in client.events if e.name == "camera_recovered"][0]
+    assert recovered.detail["failures"] == 2
+    newest = client.latest().sequence
+    client.wait_frame(newer_than=max(before, newest) + 5, timeout=5)  # the stream resumed
+    assert agent.pipeline.camera_failures == 2
+
+
+def test_a_dead_camera_backs_off_instead_of_spinning(agents, connect):
+    agent = agents()
+    client = connect(agent)
+    client.wait_frame()
+    agent.camera.inject_fault("raise", count=10_000)
+    wait_until(lambda: agent.pipeline.camera_failures >= 5, timeout=10, message="five failures")
+    # With the backoff doubling from 50 ms, 5 failures need >= 0.75 s; count what 1 s more brings.
+    failures = agent.pipeline.camera_failures
+    done = threading.Event()
+    done.wait(1.0)  # observing a rate over a window (not synchronisation): the behaviour under test
+    assert agent.pipeline.camera_failures - failures <= 3, "the agent is spinning on a dead camera"
+    assert len([e for e in client.events if e.name == "camera_error"]) <= agent.pipeline.camera_failures
+    agent.camera._faults.clear()
+    wait_until(lambda: any(e.name == "camera_recovered" for e in client.events), timeout=10,
+               message="recovery once the camera works again")
+
+
+def _sweep_job(router, started: threading.Event, fail: bool):
+    """A small long command: changes exposure step by step (like a calibration), can be cancelled or fail."""
+    def handler(command, reply):
+        def work(job):
+            for i, exposure in enumerate((3000, 4000, 5000, 6000, 7000) * 100):
+                job.check_cancelled()
+                router.context.camera.set_controls({"ExposureTime": exposure, "AnalogueGain": 3.0, "AeEnable": False})
+                job.progress("step", i / 500)
+                started.set()
+                if fail and i == 3:
+                    raise RuntimeError("the sweep lost its target")
+                time.sleep(0.01)  # pacing of the fake calibration's steps, not synchronisation
+            return {"done": True}
+        router.start_job(command, reply, "sweep", work)
+    return handler
+
+
+@pytest.mark.parametrize("ending", ["cancel", "fail"])
+def test_a_cancelled_or_failing_job_leaves_the_controls_as_they_were(agents, connect, ending):
+    agent = agents()
+    started = threading.Event()
+    agent.router.register("sweep", _sweep_job(agent.router, started, fail=ending == "fail"))
+    client = connect(agent)
+    client.command("set_controls", {"controls": {"ExposureTime": 8000, "AnalogueGain": 1.5}})
+    before = agent.camera.controls()
+    pending = client.send_command("sweep", ttl=30)
+    assert started.wait(5)
+    assert agent.camera.controls() != before  # the job really changed them
+    if ending == "cancel":
+        assert client.command("cancel", {"id": pending.id})["cancelled"] == [pending.id]
+    with pytest.raises(CommandFailed) as info:
+        pending.future.result(timeout=10)
+    assert info.value.code == ("cancelled" if ending == "cancel" else "failed")
+    assert agent.camera.controls() == before  # restored before the error went out
+    assert agent.lease.holder is None  # and the camera is free again
+    assert client.command("set_controls", {"controls": {"ExposureTime": 9000}})["controls"]["ExposureTime"] == 9000
+
+
+def test_a_cancelled_job_puts_automatic_exposure_back_on(agents, connect):
+    agent = agents()
+    started = threading.Event()
+    agent.router.register("sweep", _sweep_job(agent.router, started, fail=False))
+    client = connect(agent)
+    assert agent.camera.controls()["AeEnable"] is True
+    pending = client.send_command("sweep", ttl=30)
+    assert started.wait(5)
+    client.command("cancel")
+    with pytest.raises(CommandFailed):
+        pending.future.result(timeout=10)
+    assert agent.camera.controls()["AeEnable"] is True
+
+
+def _monitor_events(monitor: zmq.Socket, until: set[int], timeout: float) -> list[int]:
+    from zmq.utils.monitor import recv_monitor_message
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not until.issubset(seen):
+        if monitor.poll(100):
+            seen.append(recv_monitor_message(monitor)["event"])
+    return seen
+
+
+def test_an_oversized_message_disconnects_only_its_sender(agents, connect):
+    agent = agents(fps=10)
+    viewer = connect(agent)
+    viewer.wait_frame()
+    dropped, first = viewer.frames_dropped, viewer.latest().sequence
+    ctx = zmq.Context.instance()
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    monitor = raw.get_monitor_socket()
+    raw.connect(f"tcp://127.0.0.1:{agent.port}")
+    try:
+        _monitor_events(monitor, {zmq.EVENT_HANDSHAKE_SUCCEEDED}, 5)
+        raw.send(b"\x00" * (MAX_INBOUND_TO_AGENT + 1))
+        events = _monitor_events(monitor, {zmq.EVENT_DISCONNECTED}, 5)
+        assert zmq.EVENT_DISCONNECTED in events, events
+        # The sender reconnects (ZeroMQ does that by itself) and is served normally afterwards.
+        raw.send(p.encode(p.Hello(credit=0)))
+        assert raw.poll(5000) and isinstance(p.decode(raw.recv()).message, p.Welcome)
+    finally:
+        monitor.close()
+        raw.close()
+    viewer.wait_frame(newer_than=first + 10, timeout=5)
+    assert viewer.frames_dropped == dropped and viewer.state == "connected"
+    assert agent.server.counters["bad_messages"] == 0  # it never reached the agent's code
+
+
+def test_both_sides_cap_inbound_size_at_the_socket():
+    client = AgentClient("127.0.0.1:9")
+    sock = client._make_socket()
+    try:
+        assert sock.getsockopt(zmq.MAXMSGSIZE) == MAX_INBOUND_TO_VIEWER
+        assert sock.getsockopt(zmq.IMMEDIATE) == 1
+    finally:
+        sock.close(linger=0)
