@@ -21,7 +21,7 @@ import zmq
 
 from protocol import (
     MAX_INBOUND_TO_AGENT, Bye, Command, Credit, Error, ErrorCode, Hello, Message, Ping, Pong, ProtocolError,
-    Sequencer, Welcome, decode,
+    Sequencer, decode,
 )
 from protocol.address import parse_address, tcp_endpoint
 from protocol.limits import SUPPORTED_VERSIONS

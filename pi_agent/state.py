@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write_json, remove_stale_temporaries
 from .camera.base import LensShadingTable
 
 log = logging.getLogger(__name__)
@@ -24,32 +24,6 @@ DEFAULT_STATE_DIR = "~/.local/state/picamlink"
 STATE_FILE = "calibration.json"
 TUNING_FILE = "tuning.json"
 FORMAT = 1
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new one, never a mixture."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
-        pass
 
 
 def table_to_json(table: LensShadingTable) -> dict[str, Any]:
@@ -81,7 +55,10 @@ class StateStore:
         self.tuning_path = self.directory / TUNING_FILE
 
     def load(self) -> dict[str, Any] | None:
-        """The saved state, or None when there is none; a corrupt file is logged and ignored (not deleted)."""
+        """The saved state, or None when there is none; a corrupt file is logged and ignored (not deleted).
+        Temporary files of a save that was killed midway are removed."""
+        for path in (self.path, self.tuning_path):
+            remove_stale_temporaries(path)
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -95,10 +72,14 @@ class StateStore:
         return data
 
     def save(self, state: dict[str, Any]) -> None:
-        write_atomic(self.path, json.dumps({"format": FORMAT, **state}, indent=1, sort_keys=True) + "\n")
+        """Write the calibration atomically (old or new file, never a broken one; owner-only)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path, {"format": FORMAT, **dict(sorted(state.items()))}, indent=1)
 
     def save_tuning(self, tuning: dict[str, Any]) -> None:
-        write_atomic(self.tuning_path, json.dumps(tuning, indent=1) + "\n")
+        """The exported tuning file, readable by rpicam-apps run as another user."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.tuning_path, tuning, mode=0o644, indent=1)
 
     def clear(self) -> bool:
         """Remove the calibration and the exported tuning; True if there was a calibration file."""

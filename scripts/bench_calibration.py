@@ -30,7 +30,7 @@ from pi_agent.bayer import plane_offsets  # noqa: E402
 from pi_agent.calibration.exposure import calibrate_exposure  # noqa: E402
 from pi_agent.calibration.frames import CameraFrameSource  # noqa: E402
 from pi_agent.calibration.lens_shading import (  # noqa: E402
-    average_white, fit_lens_shading, processed_white, tables_from_gains, uniformity)
+    average_white, fit_lens_shading, processed_white, uniformity)
 from pi_agent.camera.base import LensShadingTable  # noqa: E402
 from pi_agent.camera.sim import SimulatedCamera  # noqa: E402
 from pi_agent.camera.tuning import MAX_GAIN  # noqa: E402

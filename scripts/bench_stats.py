@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pi_agent.bayer import CHANNELS, planes  # noqa: E402
+from pi_agent.bayer import planes  # noqa: E402
 from pi_agent.camera.sim import SimulatedCamera  # noqa: E402
 from pi_agent.stats import HIST_BINS, RawStats, channel_histograms_reference, compute_stats  # noqa: E402
 from scripts.benchdoc import table, write_section  # noqa: E402

@@ -20,7 +20,8 @@ from pi_agent.calibration.frames import CalibrationError, CameraFrameSource, Sen
 from pi_agent.calibration.lens_shading import (calibrate_lens_shading, cell_means, fit_lens_shading,
                                                interpolation_weights)
 from pi_agent.calibration.white_balance import calibrate_white_balance
-from pi_agent.state import StateStore, table_from_json, table_to_json, write_atomic
+from pi_agent.atomic import atomic_write_bytes
+from pi_agent.state import StateStore, table_from_json, table_to_json
 
 FULL_FIELD = {"imx219": (1640, 1232), "imx477": (2028, 1520)}
 
@@ -210,5 +211,5 @@ def test_state_store_round_trip_and_atomic_write(tmp_path):
     assert [p.name for p in store.directory.iterdir()] == ["calibration.json"]  # no temp files left
     store.path.write_text("{not json")
     assert store.load() is None  # a corrupt file is ignored, not fatal
-    write_atomic(store.path, "{}")
+    atomic_write_bytes(store.path, b"{}")
     assert store.clear() and not store.path.exists()

@@ -3,7 +3,6 @@ jobs that stop half-way, and oversized messages. Real sockets on loopback, deadl
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

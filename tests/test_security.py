@@ -4,7 +4,6 @@ nothing readable on the wire. Real sockets on loopback; a tiny TCP proxy records
 from __future__ import annotations
 
 import json
-import os
 import select
 import socket
 import stat

@@ -1,6 +1,5 @@
 """Sensor table facts (calibration.md §1, picamera2.md §2/§5) and the quantisation rules."""
 
-import math
 
 import pytest
 from hypothesis import given, settings

@@ -39,7 +39,6 @@ import copy
 import enum
 import json
 import logging
-import math
 import threading
 import time
 import types
