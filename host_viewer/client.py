@@ -35,6 +35,8 @@ from protocol import (
 )
 from protocol.limits import MAX_MESSAGE_SIZE
 
+from .credit import CreditGovernor
+
 log = logging.getLogger(__name__)
 
 MONITORED_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -116,6 +118,8 @@ class AgentClient:
         host, port = parse_address(address)
         self.endpoint = tcp_endpoint(host, port)
         self.credit = max(1, credit)
+        self._governor = CreditGovernor(self.credit)  # fewer frames in flight while the link is the bottleneck
+        self._frame_period_ms: float | None = None
         self._ctx = context or zmq.Context.instance()
         self._silence_timeout = silence_timeout
         self._ping_interval = ping_interval
@@ -414,6 +418,10 @@ class AgentClient:
         elif isinstance(message, Welcome):
             # The welcome's envelope time gives a first clock estimate (hello → welcome round trip).
             self.welcome = message
+            self._governor.reset()
+            fps = message.stream.get("fps") if isinstance(message.stream, dict) else None
+            valid = isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps < 10_000
+            self._frame_period_ms = 1000.0 / fps if valid else None  # free-running (0): no adaptation
             self.state = "connected"
             self.state_detail = self.state_hint = ""
             self._welcome_event.set()
@@ -451,7 +459,11 @@ class AgentClient:
             self.state = "reconnecting"
 
     def _frame(self, sock: zmq.Socket, message: Frame, received_ns: int) -> None:
-        self._send(sock, Credit(n=1))  # at once: the agent may send the next newest frame
+        arrival_age_ms = ((received_ns + self.clock.offset_ns - message.capture_ns) / 1e6
+                          if self.clock.known else None)
+        credits = self._governor.on_frame(arrival_age_ms, self._frame_period_ms)
+        if credits:
+            self._send(sock, Credit(n=credits))  # at once: the agent may send the next newest frame
         frame = ReceivedFrame(
             sequence=message.frame, capture_ns=message.capture_ns, received_ns=received_ns,
             width=message.width, height=message.height, jpeg=message.jpeg, metadata=message.metadata,

@@ -569,7 +569,7 @@ def parent(args) -> int:
                        link_rate=link_rate, credit=max(credit, 1))
         trend = age_trend(run, 2.0 if not quick else 1.0)
         ages = [a for _, a in run["receiver"]["ages"]]
-        name = f"{method} (credit {credit})" if credit else method
+        name = {2: f"{method} (credit 2, adaptive: the default)", 1: f"{method} (credit 1)"}.get(credit, method)
         print(f"slow link {name}: {trend}, p50 {pct(ages, 50):.0f} ms", flush=True)
         rows.append([name, f"{trend['fps']:.1f}", f"{pct(ages, 50):.0f}", f"{trend['first']:.0f}", f"{trend['last']:.0f}",
                      f"{trend['max']:.0f}", f"{trend['slope']:.0f}"])
