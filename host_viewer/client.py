@@ -298,7 +298,10 @@ class AgentClient:
                 if self.state == "refused" and self.state_detail and self.state_detail != "handshake failed":
                     continue  # a retry's vaguer event must not hide the specific reason already known
                 if self._security is None:
-                    detail, hint = "handshake failed", f"the ZeroMQ handshake with {self.address} failed"
+                    detail = "handshake failed"
+                    hint = (f"the ZeroMQ handshake with {self.address} failed; if the agent requires encryption, "
+                            f"run `pi-agent keys` on the Pi and pass --agent-key KEY, or add '{self.address} KEY' "
+                            f"to ~/.config/picamlink/known_agents")
                 else:
                     detail = "agent key mismatch"
                     hint = (f"the agent at {self.address} does not hold the key this viewer trusts for it (another "
