@@ -19,6 +19,7 @@ import re
 import secrets
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +138,23 @@ _authenticators: dict[int, tuple[ThreadAuthenticator, set[str]]] = {}
 _authenticators_lock = threading.Lock()
 
 
+def _started_authenticator(context: zmq.Context, timeout: float = 2.0) -> ThreadAuthenticator:
+    """A running ZAP authenticator on `context`. The inproc ZAP endpoint of a just-stopped one is released
+    by libzmq's reaper thread a moment later, so a bind that finds it still in use is retried briefly."""
+    deadline = time.monotonic() + timeout
+    while True:
+        auth = ThreadAuthenticator(context, log=logging.getLogger(__name__ + ".zap"))
+        try:
+            auth.start()
+            return auth
+        except zmq.ZMQError as exc:
+            if getattr(auth, "zap_socket", None) is not None:
+                auth.zap_socket.close(linger=0)  # the socket whose bind failed
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class CurveServer:
     """Applied to the agent's ROUTER: CURVE server keys, and a ZAP allowlist read from authorized_keys."""
 
@@ -172,9 +190,7 @@ class CurveServer:
         with _authenticators_lock:
             entry = _authenticators.get(id(context))
             if entry is None:
-                auth = ThreadAuthenticator(context, log=logging.getLogger(__name__ + ".zap"))
-                auth.start()
-                entry = _authenticators[id(context)] = (auth, set())
+                entry = _authenticators[id(context)] = (_started_authenticator(context), set())
             auth, domains = entry
             auth.configure_curve_callback(domain=self.domain, credentials_provider=self)
             domains.add(self.domain)
