@@ -120,6 +120,7 @@ class AgentClient:
         self.credit = max(1, credit)
         self._governor = CreditGovernor(self.credit)  # fewer frames in flight while the link is the bottleneck
         self._frame_period_ms: float | None = None
+        self._outstanding = 0  # credits granted and not yet used by a frame
         self._ctx = context or zmq.Context.instance()
         self._silence_timeout = silence_timeout
         self._ping_interval = ping_interval
@@ -333,6 +334,8 @@ class AgentClient:
                 elif now >= next_ping:
                     self._ping(sock)
                     next_ping = now + self._ping_interval
+                    if self._outstanding <= 0:  # a credit could not be sent: reopen the window
+                        self._grant(sock, 1)
                 while self._outbox:
                     command = self._outbox.popleft()
                     if not self._send(sock, command):
@@ -422,6 +425,7 @@ class AgentClient:
             # The welcome's envelope time gives a first clock estimate (hello → welcome round trip).
             self.welcome = message
             self._governor.reset()
+            self._outstanding = self.credit  # the session starts with hello's credit
             fps = message.stream.get("fps") if isinstance(message.stream, dict) else None
             valid = isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps < 10_000
             self._frame_period_ms = 1000.0 / fps if valid else None  # free-running (0): no adaptation
@@ -461,12 +465,18 @@ class AgentClient:
         elif isinstance(message, Bye):
             self.state = "reconnecting"
 
+    def _grant(self, sock: zmq.Socket, n: int) -> None:
+        """Send `n` credits at once (the agent may then send the newest frame); count them as outstanding."""
+        if n > 0 and self._send(sock, Credit(n=n)):
+            self._outstanding += n
+
     def _frame(self, sock: zmq.Socket, message: Frame, received_ns: int) -> None:
         arrival_age_ms = ((received_ns + self.clock.offset_ns - message.capture_ns) / 1e6
                           if self.clock.known else None)
+        self._outstanding -= 1
         credits = self._governor.on_frame(arrival_age_ms, self._frame_period_ms)
-        if credits:
-            self._send(sock, Credit(n=credits))  # at once: the agent may send the next newest frame
+        # Never let the window close: with no credit outstanding the agent would send nothing, ever again.
+        self._grant(sock, max(credits, 1 - self._outstanding))
         frame = ReceivedFrame(
             sequence=message.frame, capture_ns=message.capture_ns, received_ns=received_ns,
             width=message.width, height=message.height, jpeg=message.jpeg, metadata=message.metadata,

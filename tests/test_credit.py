@@ -33,3 +33,22 @@ def test_no_adaptation_without_a_clock_or_a_frame_period_or_with_credit_one():
     assert [governor.on_frame(None, PERIOD) for _ in range(20)] == [1] * 20
     assert [governor.on_frame(500.0, None) for _ in range(20)] == [1] * 20
     assert feed(CreditGovernor(1), 500.0, 20) == [1] * 20
+
+
+def test_the_client_never_closes_its_window_over_a_slow_link(start_agent):
+    """Over a real socket: a client whose governor withholds credits still gets frames (the window never
+    reaches zero), and its outstanding count matches what it granted."""
+    from host_viewer.client import AgentClient
+
+    from .conftest import wait_until
+
+    agent = start_agent(size=(320, 240), fps=30)
+    client = AgentClient(f"127.0.0.1:{agent.port}", credit=2).start()
+    try:
+        client.wait_connected(10)
+        client._governor.on_frame = lambda age, period: 0  # a governor that always wants fewer in flight
+        first = client.wait_frame(timeout=5).sequence
+        wait_until(lambda: client.latest().sequence > first + 20, timeout=10, message="frames keep coming")
+        assert 0 < client._outstanding <= 2
+    finally:
+        client.close()
