@@ -188,10 +188,12 @@ class SimulatedCamera(CameraBackend):
         k = s.full_well_e / _REF_TIME_US * self.lux / _REF_LUX  # e⁻/µs for reflectance 1, G, centre
         factor = np.empty((h, w), dtype=np.float32)  # illuminant × shading × k per pixel (its own channel)
         base = np.empty((h, w), dtype=np.float32)
-        for c, name in enumerate("RGB"):
-            sel = site_map == c
-            factor[sel] = shading[name][sel] * np.float32(self._illum[c] * k)
-            base[sel] = refl[c][sel]
+        for dy in (0, 1):
+            for dx in (0, 1):  # each Bayer site takes its own channel (strided views: no boolean masks)
+                c = int(sites[dy, dx])
+                name = "RGB"[c]
+                np.multiply(shading[name][dy::2, dx::2], np.float32(self._illum[c] * k), out=factor[dy::2, dx::2])
+                base[dy::2, dx::2] = refl[c][dy::2, dx::2]
         np.multiply(base, factor, out=base)
         return {"site_map": site_map, "shading": shading, "scene": scene, "factor": factor, "base": base}
 

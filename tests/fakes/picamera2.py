@@ -19,6 +19,10 @@ shared/reference/picamera2.md §10:
   (Pi 4 CSI2P or unpacked LSB-aligned; Pi 5 S****16 MSB-aligned, packed → PISP_COMP1); Bayer order of the
   configured raw reordered for Rotation and transform flips; padded strides (32 / 64 bytes) and framesize
   written back; `sensor_modes`, `camera_properties`, mode-dependent `camera_controls`;
+- switch_mode_and_capture_request / switch_mode_capture_request_and_stop / switch_mode: stop, configure,
+  start; the frames of a switched-to configuration are the simulator's capture_still in its mode (raw forced to
+  that mode, the platform's format and stride), while the simulator keeps its streaming configuration and
+  its AGC/AWB state (configuring the same mode again does not reset it, as libcamera's IPA keeps its state);
 - capture_request → CompletedRequest with make_array (raw as uint8 (h, stride) with garbage padding),
   get_metadata, release; unknown stream → RuntimeError("Stream 'x' is not defined"); requests held past
   buffer_count stall (TimeoutError after `stall_timeout` instead of hanging); Job/wait with TimeoutError;
@@ -166,6 +170,7 @@ class FakeWorld:
         self.outstanding: dict[int, int] = {}
         self.frames_dropped = 0
         self.last_raw: dict[int, tuple[int, np.ndarray]] = {}  # camera → (frame number, sim mosaic)
+        self.still_configs: list[dict] = []  # camera_configuration() of each switch_mode_* configuration
         self.lock = threading.Condition()
 
     # -- the libcamera CameraManager singleton ---------------------------------------------------------
@@ -864,6 +869,8 @@ class Picamera2Base:
     def _switch_mode_(self, camera_config, still: bool = True) -> None:
         self.stop()
         self._configure(camera_config, still)
+        if still:
+            self._world.still_configs.append(self.camera_configuration())
         self.start()
 
     def switch_mode(self, camera_config, wait=None, signal_function=None):
