@@ -88,6 +88,9 @@ class SnapshotCommand:
         self.pipeline = pipeline
         self._configuration = configuration  # () -> the camera configuration in force
         self.taken = 0
+        # One full-resolution still at a time: each holds a few hundred MB of buffers while it is made, and
+        # on a Pi each pauses the stream; a second request meanwhile gets `busy` at once.
+        self._still_lock = threading.Lock()
 
     def register(self, router: CommandRouter) -> None:
         router.register("snapshot", self.handle)
@@ -96,14 +99,26 @@ class SnapshotCommand:
         quality, include_raw, full_resolution = _arguments(command.args)
         self.pipeline.require_running("snapshot")
         if full_resolution:
-            threading.Thread(target=self._still, args=(command, reply, quality, include_raw),
-                             name="snapshot-still", daemon=True).start()
+            if not self._still_lock.acquire(blocking=False):
+                raise CommandError(ErrorCode.BUSY, "a full-resolution still is being taken; ask again when it is done")
+            try:
+                threading.Thread(target=self._still, args=(command, reply, quality, include_raw),
+                                 name="snapshot-still", daemon=True).start()
+            except BaseException:
+                self._still_lock.release()
+                raise
             return None
         self._next_frame(command, reply, quality, include_raw, {"full_resolution": False})
         return None
 
     def _still(self, command: Command, reply: Reply, quality: int, include_raw: bool) -> None:
         """On a worker thread: a full-resolution still from the camera, or the fallback when it cannot."""
+        try:
+            self._take_still(command, reply, quality, include_raw)
+        finally:
+            self._still_lock.release()
+
+    def _take_still(self, command: Command, reply: Reply, quality: int, include_raw: bool) -> None:
         try:
             frame = self.pipeline.camera.capture_still(timeout=STILL_TIMEOUT_S)
         except NotImplementedError as exc:

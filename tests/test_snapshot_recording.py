@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import cv2
@@ -20,6 +21,8 @@ import pytest
 from host_viewer import cli
 from host_viewer.client import CommandFailed
 from host_viewer.recording import Recorder, RecordingError
+from pi_agent.camera.base import CameraError
+from pi_agent.camera.sim import SimulatedCamera
 from pi_agent.stats import compute_stats
 from protocol import unpack_array
 
@@ -191,3 +194,39 @@ def test_snapshot_bad_arguments_get_clear_errors(start_agent, connect):
     value = client.command("snapshot", {"raw": False, "full_resolution": False}, timeout=10)
     assert "raw" not in value and value["jpeg"][:2] == b"\xff\xd8"
     assert client.command("status")["frames_captured"] > 0  # the agent is fine
+
+
+class GatedStillCamera(SimulatedCamera):
+    """The simulator whose stills wait for a gate: a still in progress can be held open by the test."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.gate = threading.Event()
+        self.still_started = threading.Event()
+
+    def capture_still(self, timeout: float = 5.0, **kwargs):
+        self.still_started.set()
+        if not self.gate.wait(timeout):
+            raise CameraError("gate not opened")
+        return super().capture_still(timeout, **kwargs)
+
+
+def test_one_still_at_a_time_and_the_stream_flows_while_it_is_taken(start_agent, connect):
+    camera = GatedStillCamera(sensor="imx219", seed=2)
+    agent = start_agent(camera=camera, size=(320, 240), fps=30.0)
+    taker, watcher = connect(agent), connect(agent)
+    first = taker.send_command("snapshot", {}, ttl=15)
+    wait_until(camera.still_started.is_set, 5, message="still started")
+    with pytest.raises(CommandFailed, match="still is being taken") as exc:
+        taker.command("snapshot", {}, timeout=5)
+    assert exc.value.code == "busy"
+    # While the still is being taken, both viewers keep receiving the stream.
+    during = watcher.wait_frame(5).sequence
+    wait_until(lambda: watcher.latest().sequence > during + 5, 5, message="watcher frames during the still")
+    mine = taker.wait_frame(5).sequence
+    wait_until(lambda: taker.latest().sequence > mine + 5, 5, message="taker frames during the still")
+    camera.gate.set()
+    value = first.future.result(timeout=15)
+    assert value["full_resolution"] is True and (value["width"], value["height"]) == (3280, 2464)
+    # The lock is free again: the next still is taken.
+    assert taker.command("snapshot", {"raw": False}, timeout=15)["full_resolution"] is True
