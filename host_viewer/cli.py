@@ -140,7 +140,8 @@ def take_snapshot(client: AgentClient, directory: str) -> dict:
     files = save_snapshot(value, directory, agent=welcome.agent if welcome else None,
                           model=(welcome.sensor.get("model") if welcome else None) or "camera")
     return {**files.as_dict(), "frame": value.get("frame"), "width": value.get("width"),
-            "height": value.get("height"), "raw_shape": value.get("raw", {}).get("shape")}
+            "height": value.get("height"), "raw_shape": value.get("raw", {}).get("shape"),
+            "full_resolution": value.get("full_resolution"), **({"reason": value["reason"]} if value.get("reason") else {})}
 
 
 def write_summary(summary: dict, target: str) -> None:

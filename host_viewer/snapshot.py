@@ -7,6 +7,8 @@ ISO (100 × AnalogueGain). Its ColorMatrix1 assumes the white-balanced camera RG
 sends no calibrated colour matrix), so a raw converter's colours are approximate; the pixel data are exact.
 LibRaw (rawpy), dcraw and exiftool read it.
 
+A snapshot is a full-resolution still by default (3280x2464 on an IMX219: a 16 MB DNG, PiDNG writes it
+uncompressed in well under a second); `full_resolution` in the sidecar says whether the agent could.
 The JSON sidecar has every metadata value of the request, the raw statistics the agent computed for that
 very frame (histograms as lists), the Bayer order, bit depth, black level and camera configuration.
 If PiDNG is not importable the mosaic is saved as a .npy (uint16, shape (h, w)) instead, with the same JSON.
@@ -111,6 +113,8 @@ def sidecar(value: dict, agent: dict | None = None) -> dict[str, Any]:
         "width": value.get("width"),
         "height": value.get("height"),
         "quality": value.get("quality"),
+        "full_resolution": value.get("full_resolution"),
+        **({"reason": value["reason"]} if value.get("reason") else {}),
         "bayer_order": value.get("bayer_order"),
         "bit_depth": value.get("bit_depth"),
         "black_level": value.get("black_level"),

@@ -191,7 +191,8 @@ class CameraTile:
                     self.set_status(f"snapshot not saved: {exc}")
                     return
                 self.snapshots.append(files.as_dict())
-                self.set_status(f"snapshot {value.get('width')}x{value.get('height')} saved: {files.jpeg.name}, "
+                kind = "" if value.get("full_resolution", True) else " (a stream frame: no full-resolution still)"
+                self.set_status(f"snapshot {value.get('width')}x{value.get('height')}{kind} saved: {files.jpeg.name}, "
                                 f"{files.raw.name if files.raw else 'no raw'}")
                 if on_saved is not None:
                     on_saved(files.as_dict())

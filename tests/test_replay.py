@@ -12,6 +12,7 @@ from pi_agent.camera.factory import check_camera_kind, make_camera
 from pi_agent.camera.replay import ReplayCamera, ReplayError
 from pi_agent.cli import build_parser
 from pi_agent.stats import compute_stats
+from protocol import unpack_array
 from scripts.make_replay import render, write_replay
 
 
@@ -104,3 +105,15 @@ def test_agent_streams_a_replay(start_agent, connect, replay_file):
     assert frame.stats["mean"] == want["mean"] and frame.stats["level"] == want["level"]
     later = client.wait_frame(timeout=10, newer_than=frame.sequence)
     assert later.capture_ns > frame.capture_ns
+
+
+def test_a_snapshot_of_a_replay_falls_back_to_a_stream_frame_and_says_why(start_agent, connect, replay_file):
+    with np.load(replay_file) as data:
+        raw = data["raw"]
+    agent = start_agent(camera=ReplayCamera(replay_file), size=(320, 240), fps=30)
+    client = connect(agent)
+    client.wait_frame(timeout=10)
+    value = client.command("snapshot", {}, timeout=10)
+    assert value["full_resolution"] is False and "full-resolution still" in value["reason"]
+    np.testing.assert_array_equal(unpack_array(value["raw"], "raw"), raw[value["frame"] % 3])
+    assert (value["width"], value["height"]) == (320, 240)

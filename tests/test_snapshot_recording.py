@@ -1,8 +1,9 @@
 """Snapshots and recordings from a simulated agent, checked with standard tools and against ground truth.
 
 The recording must probe (ffprobe) with the right codec, frame count and size and decode with ffmpeg; its
-packets must be the received JPEG bytes unchanged. The snapshot's DNG must open in LibRaw (rawpy) and in
-exiftool, and its mosaic must give exactly the raw statistics the agent computed for that very frame.
+packets must be the received JPEG bytes unchanged. The snapshot is a full-resolution still (3280x2464 for an
+IMX219 streaming 640x480): its DNG must open in LibRaw (rawpy) and in exiftool, and its mosaic must give
+exactly the raw statistics the agent computed for that very still; the stream goes on for every viewer.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import cv2
@@ -19,6 +21,8 @@ import pytest
 from host_viewer import cli
 from host_viewer.client import CommandFailed
 from host_viewer.recording import Recorder, RecordingError
+from pi_agent.camera.base import CameraError
+from pi_agent.camera.sim import SimulatedCamera
 from pi_agent.stats import compute_stats
 from protocol import unpack_array
 
@@ -46,9 +50,11 @@ def packet_times(path: Path) -> list[float]:
 
 
 @needs_ffmpeg
-def test_headless_snapshot_and_recording_open_in_standard_tools(start_agent, tmp_path, capsys):
+def test_headless_snapshot_and_recording_open_in_standard_tools(start_agent, connect, tmp_path, capsys):
     rawpy = pytest.importorskip("rawpy")
-    agent = start_agent(size=(320, 240), fps=30.0)
+    agent = start_agent(size=(640, 480), fps=30.0)
+    watcher = connect(agent)  # a second viewer, watching while the first takes the still
+    before = watcher.wait_frame(5).sequence
     record = tmp_path / "rec.mkv"
     snapdir = tmp_path / "snaps"
     summary_path = tmp_path / "summary.json"
@@ -62,7 +68,7 @@ def test_headless_snapshot_and_recording_open_in_standard_tools(start_agent, tmp
     assert recording["frames"] >= 10
     stream = ffprobe_stream(record)
     assert stream["codec_name"] == "mjpeg"
-    assert (stream["width"], stream["height"]) == (320, 240)
+    assert (stream["width"], stream["height"]) == (640, 480)
     assert int(stream["nb_read_packets"]) == recording["frames"]
     times = packet_times(record)
     assert len(times) == recording["frames"] and all(b > a for a, b in zip(times, times[1:]))
@@ -73,14 +79,18 @@ def test_headless_snapshot_and_recording_open_in_standard_tools(start_agent, tmp
     assert decoded.returncode == 0 and decoded.stderr.strip() == ""
     lines = [line.split(",") for line in decoded.stdout.splitlines() if not line.startswith("#")]
     assert len(lines) == recording["frames"]
-    assert {int(line[4]) for line in lines} == {320 * 240 * 3 // 2}
+    assert {int(line[4]) for line in lines} == {640 * 480 * 3 // 2}
 
-    # Snapshot: a JPEG at the stream size, a DNG of the sensor mode's raw, a JSON sidecar.
+    # Snapshot: a full-resolution still (the IMX219's 3280x2464 mode while the stream runs 1640x1232 binned):
+    # JPEG and DNG at the full array, a JSON sidecar.
     snap = summary["snapshot"]
+    assert snap["full_resolution"] is True
+    assert tuple(agent.configuration["raw"]["size"]) == (1640, 1232)
+    raw_size = (3280, 2464)
     jpeg = cv2.imread(snap["jpeg"])
-    assert jpeg.shape == (240, 320, 3)
+    assert jpeg.shape == (2464, 3280, 3)
     sidecar = json.loads(Path(snap["sidecar"]).read_text())
-    raw_size = tuple(agent.configuration["raw"]["size"])
+    assert sidecar["full_resolution"] is True and tuple(sidecar["metadata"]["ScalerCrop"]) == (0, 0, 3280, 2464)
     assert tuple(snap["raw_shape"]) == (raw_size[1], raw_size[0])
     with rawpy.imread(snap["raw"]) as dng:
         raw = dng.raw_image.copy()
@@ -106,6 +116,13 @@ def test_headless_snapshot_and_recording_open_in_standard_tools(start_agent, tmp
         assert tags["Model"] == "imx219"
         assert (tags["ImageWidth"], tags["ImageHeight"]) == raw_size
         assert tags["ExposureTime"] == pytest.approx(sidecar["metadata"]["ExposureTime"] / 1e6, rel=1e-6)
+
+    # The stream kept running across the still: the second viewer's frame numbers rise past it, the first
+    # viewer recorded after it, and the agent still streams its own mode.
+    assert before <= snap["frame"]
+    wait_until(lambda: watcher.latest().sequence > snap["frame"] + 10, 5, message="watcher frames after the still")
+    assert recording["frames"] >= 10 and summary["frames"] >= recording["frames"]
+    assert watcher.latest().width == 640 and agent.camera.mode.size == (1640, 1232)
 
 
 def test_recording_keeps_the_received_jpeg_bytes(tmp_path):
@@ -150,9 +167,10 @@ def test_snapshot_while_streaming_and_a_second_viewer_is_unaffected(start_agent,
     watcher.wait_frame(5)
     before_frames = watcher.frames_received
     captured_before = agent.pipeline.frames_captured
-    value = taker.command("snapshot", {"quality": 90}, timeout=10)
+    value = taker.command("snapshot", {"quality": 90, "full_resolution": False}, timeout=10)
     raw = unpack_array(value["raw"], "raw")
-    assert raw.shape == tuple(reversed(agent.configuration["raw"]["size"]))
+    assert raw.shape == tuple(reversed(agent.configuration["raw"]["size"]))  # the stream's own mode
+    assert value["full_resolution"] is False and "reason" not in value
     assert value["quality"] == 90 and value["frame"] >= captured_before - 1
     # The stream kept going for both viewers; the watcher never got the snapshot's bytes.
     wait_until(lambda: watcher.frames_received > before_frames + 10, 5, message="watcher frames after snapshot")
@@ -171,6 +189,44 @@ def test_snapshot_bad_arguments_get_clear_errors(start_agent, connect):
     assert exc.value.code == "bad_argument"
     with pytest.raises(CommandFailed, match="raw"):
         client.command("snapshot", {"raw": "yes"})
-    value = client.command("snapshot", {"raw": False}, timeout=10)
+    with pytest.raises(CommandFailed, match="full_resolution"):
+        client.command("snapshot", {"full_resolution": 1})
+    value = client.command("snapshot", {"raw": False, "full_resolution": False}, timeout=10)
     assert "raw" not in value and value["jpeg"][:2] == b"\xff\xd8"
     assert client.command("status")["frames_captured"] > 0  # the agent is fine
+
+
+class GatedStillCamera(SimulatedCamera):
+    """The simulator whose stills wait for a gate: a still in progress can be held open by the test."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.gate = threading.Event()
+        self.still_started = threading.Event()
+
+    def capture_still(self, timeout: float = 5.0, **kwargs):
+        self.still_started.set()
+        if not self.gate.wait(timeout):
+            raise CameraError("gate not opened")
+        return super().capture_still(timeout, **kwargs)
+
+
+def test_one_still_at_a_time_and_the_stream_flows_while_it_is_taken(start_agent, connect):
+    camera = GatedStillCamera(sensor="imx219", seed=2)
+    agent = start_agent(camera=camera, size=(320, 240), fps=30.0)
+    taker, watcher = connect(agent), connect(agent)
+    first = taker.send_command("snapshot", {}, ttl=15)
+    wait_until(camera.still_started.is_set, 5, message="still started")
+    with pytest.raises(CommandFailed, match="still is being taken") as exc:
+        taker.command("snapshot", {}, timeout=5)
+    assert exc.value.code == "busy"
+    # While the still is being taken, both viewers keep receiving the stream.
+    during = watcher.wait_frame(5).sequence
+    wait_until(lambda: watcher.latest().sequence > during + 5, 5, message="watcher frames during the still")
+    mine = taker.wait_frame(5).sequence
+    wait_until(lambda: taker.latest().sequence > mine + 5, 5, message="taker frames during the still")
+    camera.gate.set()
+    value = first.future.result(timeout=15)
+    assert value["full_resolution"] is True and (value["width"], value["height"]) == (3280, 2464)
+    # The lock is free again: the next still is taken.
+    assert taker.command("snapshot", {"raw": False}, timeout=15)["full_resolution"] is True

@@ -96,6 +96,14 @@ class CameraBackend(abc.ABC):
     def capture(self, timeout: float = 2.0) -> CapturedFrame:
         """Block until the next frame; raise CameraError on failure or after `timeout` seconds."""
 
+    def capture_still(self, timeout: float = 5.0) -> CapturedFrame:
+        """ONE frame in the sensor's full-resolution mode (its largest: IMX219 3280x2464, IMX477 4056x3040),
+        main at that size, with the controls in force (ExposureTime, AnalogueGain, ColourGains, the lens
+        shading table), leaving the streaming configuration as it was: `capture` goes on in its own mode
+        afterwards (a real camera pauses the stream for the mode switch). Raise CameraError on failure;
+        NotImplementedError where the backend cannot (callers fall back to a frame of the stream)."""
+        raise NotImplementedError(f"the {self.name} camera cannot take a full-resolution still")
+
     @abc.abstractmethod
     def set_controls(self, controls: dict[str, Any]) -> None:
         """Queue controls (libcamera names); they take effect after the sensor's delays, as on real hardware:

@@ -352,6 +352,78 @@ class Picamera2Camera(CameraBackend):
         return CapturedFrame(main=_main_to_bgr(main, main_format), raw=raw, metadata=metadata, sequence=sequence,
                              bayer_order=fmt.bayer_order, bit_depth=bits, black_level=black)
 
+    # ================================================================ full-resolution still
+    def capture_still(self, timeout: float = 5.0) -> CapturedFrame:
+        """One request in the sensor's full-resolution mode, then the stream back in its own mode.
+
+        picamera2's `switch_mode_capture_request_and_stop(still_config)` (stop, configure the still, start,
+        take one request, stop); the request is read and released before the video configuration is
+        configured and started again — the order picamera2's docstring recommends against CMA fragmentation
+        (#154). The video configuration is rebuilt by `configure` with the controls requested now: picamera2's
+        own switch back (`switch_mode_and_capture_request`) would re-send the controls the video configuration
+        was created with, undoing any set_controls since. The still configuration carries the requested
+        controls too; values under AGC/AWB carry over in libcamera's IPA across the mode switch. The stream
+        pauses meanwhile (`capture` waits on the camera lock): two mode switches plus one frame."""
+        with self._lock:
+            if self._cam is None or not self._started:
+                raise CameraError("camera not started")
+            cam = self._cam
+            base = SENSORS.get(self._model.lower()) or self._generic_sensor()
+            full = base.full_resolution_mode
+            pmode = self._picamera2_mode(full)
+            raw_format = str(pmode["format"]) if self._packed else str(pmode["unpacked"])
+            shortest = int(math.ceil(full.min_frame_duration_us))
+            stream_longest = int(self._configuration.get("FrameDurationLimits", (0, shortest))[1])
+            controls = {**{k: v for k, v in self._requested.items() if k != "FrameDurationLimits"},
+                        "FrameDurationLimits": (shortest, max(shortest, stream_longest))}
+            try:
+                try:
+                    still = cam.create_still_configuration(
+                        main={"size": tuple(pmode["size"]), "format": MAIN_FORMAT},
+                        raw={"format": raw_format, "size": tuple(pmode["size"])},
+                        sensor={"output_size": tuple(pmode["size"]), "bit_depth": int(pmode["bit_depth"])},
+                        buffer_count=1, queue=False, controls=controls,
+                    )
+                    request = cam.wait(cam.switch_mode_capture_request_and_stop(still, wait=False), timeout)
+                except TimeoutError:
+                    raise CameraError(f"no full-resolution frame within {timeout} s") from None
+                except (RuntimeError, ValueError) as exc:
+                    raise CameraError(f"full-resolution still failed: {exc}") from exc
+                try:
+                    main = request.make_array("main")
+                    raw8 = request.make_array("raw")
+                    metadata = request.get_metadata()
+                    config = request.config
+                finally:
+                    request.release()
+            finally:
+                self._restart_stream()
+            sequence = self._sequence
+        try:
+            fmt = parse_raw_format(str(config["raw"]["format"]))
+            bits = int(config["sensor"]["bit_depth"])
+            raw = unpack_raw(raw8, fmt, tuple(config["raw"]["size"]), bits, self._decompress)
+        except RawFormatError as exc:
+            raise CameraError(f"cannot unpack the still's raw {config['raw']['format']}: {exc}") from exc
+        levels = metadata.get("SensorBlackLevels")
+        black = int(round(float(np.mean(levels)))) >> (16 - bits) if levels else self.sensor.black_level
+        return CapturedFrame(main=_main_to_bgr(main, config["main"]["format"]), raw=raw, metadata=metadata,
+                             sequence=sequence, bayer_order=fmt.bayer_order, bit_depth=bits, black_level=black,
+                             extra={"still": True})
+
+    def _restart_stream(self) -> None:
+        """The video configuration back in force and running, whatever state a still left the camera in."""
+        cam = self._cam
+        try:
+            if getattr(cam, "started", False):
+                cam.stop()
+        except RuntimeError:
+            log.exception("stopping the camera after a still failed")
+        self._started = False
+        size, fps, raw_size = self._config_args
+        self.configure(size, fps, raw_size)
+        self.start()
+
     # ================================================================ controls
     def control_ranges(self) -> dict[str, tuple[Any, Any, Any]]:
         with self._lock:

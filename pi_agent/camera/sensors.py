@@ -117,6 +117,12 @@ class SensorInfo:
     def full_field(self, mode: SensorMode) -> bool:
         return mode.crop == (0, 0, self.full_array[0], self.full_array[1])
 
+    @property
+    def full_resolution_mode(self) -> SensorMode:
+        """The largest mode (ties: the deeper one), what a full-resolution still is taken in; picamera2's
+        `sensor_resolution` / `sensor_format` pick the same."""
+        return max(self.modes, key=lambda m: (m.size[0] * m.size[1], m.bit_depth))
+
     def choose_mode(self, size: tuple[int, int], fps: float) -> SensorMode:
         """The mode for a main stream of `size` at `fps` (0: any rate).
 

@@ -156,25 +156,11 @@ class SimulatedCamera(CameraBackend):
         self._black = s.black_level >> (s.bit_depth - bits) if bits < s.bit_depth else s.black_level
         self._cg = (self._white - self._black) / s.full_well_e  # DN per electron at gain 1
         self._sites = bayer_channel_index(s.bayer_order)
-        site_map = np.empty((h, w), dtype=np.int8)
-        for dy in (0, 1):
-            for dx in (0, 1):
-                site_map[dy::2, dx::2] = self._sites[dy, dx]
-        self._site_map = site_map
-        self._shading = self._compute_shading()
-        self._scene = Scene(self.scene_kind, m.size, m.crop, s.full_array)
-        refl = self._scene.reflectance()
-        k = s.full_well_e / _REF_TIME_US * self.lux / _REF_LUX  # e⁻/µs for reflectance 1, G, centre
-        factor = np.empty((h, w), dtype=np.float32)  # illuminant × shading × k per pixel (its own channel)
-        base = np.empty((h, w), dtype=np.float32)
-        for c, name in enumerate("RGB"):
-            sel = site_map == c
-            factor[sel] = self._shading[name][sel] * np.float32(self._illum[c] * k)
-            base[sel] = refl[c][sel]
-        self._factor = factor
-        np.multiply(base, factor, out=base)
-        self._base_rate = base
-        self._rate = base.copy()
+        maps = self._mode_rate_maps(m)
+        self._site_map, self._shading, self._scene = maps["site_map"], maps["shading"], maps["scene"]
+        self._factor = maps["factor"]
+        self._base_rate = maps["base"]
+        self._rate = self._base_rate.copy()
         self._moving_region = None
         # noise bank: standard normals, read at a random offset each frame
         n = w * h
@@ -186,13 +172,38 @@ class SimulatedCamera(CameraBackend):
         self._raw_out = np.empty((h, w), dtype=np.uint16)
         self._e_key: float | None = None
 
-    def _compute_shading(self) -> dict[str, np.ndarray]:
+    def _mode_rate_maps(self, m: SensorMode) -> dict[str, Any]:
+        """The static physics of one mode: Bayer site map, true shading, scene, and the electron rate per µs
+        of every pixel (reflectance × illuminant × shading × k) without the moving element."""
+        s = self._sensor
+        w, h = m.size
+        sites = bayer_channel_index(s.bayer_order)
+        site_map = np.empty((h, w), dtype=np.int8)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                site_map[dy::2, dx::2] = sites[dy, dx]
+        shading = self._compute_shading(m)
+        scene = Scene(self.scene_kind, m.size, m.crop, s.full_array)
+        refl = scene.reflectance()
+        k = s.full_well_e / _REF_TIME_US * self.lux / _REF_LUX  # e⁻/µs for reflectance 1, G, centre
+        factor = np.empty((h, w), dtype=np.float32)  # illuminant × shading × k per pixel (its own channel)
+        base = np.empty((h, w), dtype=np.float32)
+        for dy in (0, 1):
+            for dx in (0, 1):  # each Bayer site takes its own channel (strided views: no boolean masks)
+                c = int(sites[dy, dx])
+                name = "RGB"[c]
+                np.multiply(shading[name][dy::2, dx::2], np.float32(self._illum[c] * k), out=factor[dy::2, dx::2])
+                base[dy::2, dx::2] = refl[c][dy::2, dx::2]
+        np.multiply(base, factor, out=base)
+        return {"site_map": site_map, "shading": shading, "scene": scene, "factor": factor, "base": base}
+
+    def _compute_shading(self, mode: SensorMode | None = None) -> dict[str, np.ndarray]:
         """True lens shading per channel over the mode's pixels, defined on the FULL pixel array.
 
         s(r) = 1/(1 + a·r²)² (a cos⁴-like fall-off), r = distance from the off-centre optical axis divided by
         the distance to the farthest array corner; a is chosen per channel so the far corner reaches
         G: corner_shading, R: corner_shading^1.35 (falls faster), B: corner_shading^0.85; 1 at the axis."""
-        s, m = self._sensor, self._mode
+        s, m = self._sensor, mode or self._mode
         fw, fh = s.full_array
         w, h = m.size
         cx, cy, cw, ch = m.crop
@@ -525,9 +536,130 @@ class SimulatedCamera(CameraBackend):
         np.copyto(self._raw_out, work, casting="unsafe")
         return self._raw_out
 
+    # ================================================================ full-resolution still
+    def capture_still(self, timeout: float = 5.0, mode: SensorMode | None = None,
+                      controls: dict[str, Any] | None = None) -> CapturedFrame:
+        """One frame in `mode` (default: the full-resolution mode), main at that size, with the controls in
+        force for the stream's next frame (ExposureTime, AnalogueGain, ColourGains, the lens shading table);
+        `controls` may override ExposureTime / AnalogueGain / ColourGains for this frame only (0: keep).
+
+        The stream does NOT pause: the capture lock is held only to read the state in force (the stream's
+        time, exposure lines, gain, colour gains, table); the frame is rendered outside it with its own
+        buffers and its own noise generator (seeded by (seed, still index)), so the stream's frames are the
+        same as without the still and the still is deterministic. A real Pi pauses the stream for the two
+        mode switches (picamera2's switch_mode); the Picamera2 backend does. The exposure in µs carries over
+        and is re-quantised to whole lines of the still's mode (its line time differs). Binning in this
+        simulator averages: a binned pixel has the electron rate of one full-resolution pixel at the same field
+        position, so the black-subtracted, normalised levels of stream and still agree there.
+        """
+        if self._closed:
+            raise CameraError("camera is closed")
+        s = self._sensor
+        m = mode or s.full_resolution_mode
+        if m not in s.modes:
+            raise ValueError(f"{s.model} has no mode {m}")
+        override = self._validate(controls or {})
+        with self._cap_lock:
+            self._ensure_configured()
+            with self._ctl_lock:
+                lines, _ = self._frame_timing()
+                exposure_us = lines * self._mode.line_time_us
+                gain = self._gain
+                colour_gains = tuple(self._colour_gains)
+                ae, awb, ae_state = bool(self._ae_exposure or self._ae_gain), bool(self._awb), self._ae_state
+            table, sim_time, seq = self._table, self._sim_time, self._seq
+            index = getattr(self, "_stills", 0)
+            self._stills = index + 1
+        if override.get("ExposureTime", 0) > 0:
+            exposure_us = override["ExposureTime"]
+        if override.get("AnalogueGain", 0) > 0:
+            gain = s.quantise_gain(override["AnalogueGain"])
+        if override.get("ColourGains", (0.0, 0.0)) != (0.0, 0.0):
+            colour_gains = override["ColourGains"]
+        still_lines = s.exposure_lines(exposure_us, m)
+        t_us = still_lines * m.line_time_us
+        started = time.monotonic()
+        raw, black = self._render_still(m, t_us, gain, sim_time, np.random.default_rng([self.seed, 0x57111, index]))
+        isp = Isp(m.size, s.bayer_order, m.bit_depth, black, m.size)
+        isp.set_lens_shading(table)
+        main = isp.process(raw, colour_gains)
+        if time.monotonic() - started > timeout:
+            raise CameraError(f"the still took longer than {timeout} s")
+        exposure_int = int(math.ceil(t_us - 1e-6))
+        black16 = black << (16 - m.bit_depth)
+        stats = self._site_means(raw, black, 2**m.bit_depth - 1)
+        metadata = {
+            "SensorTimestamp": time.monotonic_ns(),
+            "FrameDuration": int(round(max(t_us, m.min_frame_duration_us))),
+            "ExposureTime": exposure_int,
+            "AnalogueGain": float(gain),
+            "DigitalGain": 1.0,
+            "ColourGains": (float(colour_gains[0]), float(colour_gains[1])),
+            "ColourTemperature": int(self._estimate_ct(colour_gains)),
+            "Lux": self._estimate_lux(stats, exposure_int, gain),
+            "SensorBlackLevels": (black16, black16, black16, black16),
+            "ScalerCrop": m.crop,
+            "FrameDurationLimits": (int(math.ceil(m.min_frame_duration_us)), int(s.exposure_max_us)),
+            "AeEnable": ae,
+            "AeState": ae_state if ae else 0,
+            "AwbEnable": awb,
+        }
+        return CapturedFrame(main=main, raw=raw, metadata=metadata, sequence=seq, bayer_order=s.bayer_order,
+                             bit_depth=m.bit_depth, black_level=black,
+                             extra={"sim_time": sim_time, "still": True, "still_index": index})
+
+    def _render_still(self, m: SensorMode, t_us: float, gain: float, sim_time: float,
+                      rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """The raw mosaic of mode `m` exposed for t_us at `gain`: the same physics as `_render` (full-well
+        saturation, Gaussian shot + read noise, conversion gain, pedestal, rounding, clipping at the mode's bit
+        depth) on the mode's own maps, with fresh noise. Returns (raw uint16, black level of the mode)."""
+        s = self._sensor
+        bits = m.bit_depth
+        white = 2**bits - 1
+        black = s.black_level >> (s.bit_depth - bits) if bits < s.bit_depth else s.black_level
+        cg = (white - black) / s.full_well_e
+        maps = self._still_maps(m)
+        rate = maps["base"].copy()
+        moving = maps["scene"].moving(sim_time)
+        if moving is not None:
+            reg, refl = moving
+            sites = maps["site_map"][reg.y0 : reg.y1, reg.x0 : reg.x1]
+            r = np.take_along_axis(refl, sites[None].astype(np.intp), axis=0)[0]
+            rate[reg.y0 : reg.y1, reg.x0 : reg.x1] = r * maps["factor"][reg.y0 : reg.y1, reg.x0 : reg.x1]
+        e = rate  # in place from here: expected electrons, saturating at full well
+        np.multiply(e, np.float32(t_us), out=e)
+        np.minimum(e, np.float32(s.full_well_e), out=e)
+        work = rng.standard_normal(e.shape, dtype=np.float32)
+        sigma = np.add(e, np.float32(s.read_noise_e**2))
+        np.sqrt(sigma, out=sigma)
+        np.multiply(work, sigma, out=work)
+        del sigma
+        np.add(work, e, out=work)
+        np.multiply(work, np.float32(cg * gain), out=work)
+        np.add(work, np.float32(black + 0.5), out=work)
+        np.clip(work, 0.0, np.float32(white), out=work)
+        return work.astype(np.uint16), black
+
+    def _still_maps(self, m: SensorMode) -> dict[str, Any]:
+        """The static maps of a still's mode, cached (building them costs more than rendering a frame)."""
+        key = (m, self.scene_kind, self.colour_temperature, self.lux, self.corner_shading, tuple(self.optical_centre))
+        cached = getattr(self, "_still_cache", None)
+        if cached is None or cached[0] != key:
+            if self._mode == m:  # the stream runs in this mode: its maps are the same
+                maps = {"site_map": self._site_map, "shading": self._shading, "scene": self._scene,
+                        "factor": self._factor, "base": self._base_rate}
+            else:
+                maps = self._mode_rate_maps(m)
+            maps.pop("shading")
+            cached = (key, maps)
+            self._still_cache = cached
+        return cached[1]
+
     # ================================================================ IPA (AGC / AWB)
-    def _site_means(self, raw: np.ndarray) -> np.ndarray:
+    def _site_means(self, raw: np.ndarray, black: int | None = None, white: int | None = None) -> np.ndarray:
         """Black-subtracted, normalised (white = 1) means of R, G, B from a sparse subsample."""
+        black = self._black if black is None else black
+        white = self._white if white is None else white
         sums = np.zeros(3)
         counts = np.zeros(3)
         for dy in (0, 1):
@@ -535,7 +667,7 @@ class SimulatedCamera(CameraBackend):
                 c = self._sites[dy, dx]
                 sums[c] += float(raw[dy::16, dx::16].mean())
                 counts[c] += 1
-        return (sums / counts - self._black) / (self._white - self._black)
+        return (sums / counts - black) / (white - black)
 
     def _run_ipa(self, stats: np.ndarray, lines: int, duration: float) -> None:
         m, s = self._mode, self._sensor
@@ -578,9 +710,9 @@ class SimulatedCamera(CameraBackend):
         d = (np.log(g[:, 0]) - math.log(max(gains[0], 1e-3))) ** 2 + (np.log(g[:, 1]) - math.log(max(gains[1], 1e-3))) ** 2
         return float(cts[int(np.argmin(d))])
 
-    def _estimate_lux(self, stats: np.ndarray, exposure_us: int) -> float:
+    def _estimate_lux(self, stats: np.ndarray, exposure_us: int, gain: float | None = None) -> float:
         """Rough lux from the green level, exposure and gain (assumes an 18 % grey scene on average)."""
-        g = max(float(stats[1]), 0.0) * (self._white - self._black) / self._cg  # electrons
-        per_us = g / max(exposure_us * self._gain, 1e-6)
+        g = max(float(stats[1]), 0.0) * self._sensor.full_well_e  # electrons (white − black ↦ full well)
+        per_us = g / max(exposure_us * (self._gain if gain is None else gain), 1e-6)
         full_rate = self._sensor.full_well_e / _REF_TIME_US
         return round(per_us / full_rate * _REF_LUX / 0.18, 1)

@@ -19,6 +19,10 @@ shared/reference/picamera2.md §10:
   (Pi 4 CSI2P or unpacked LSB-aligned; Pi 5 S****16 MSB-aligned, packed → PISP_COMP1); Bayer order of the
   configured raw reordered for Rotation and transform flips; padded strides (32 / 64 bytes) and framesize
   written back; `sensor_modes`, `camera_properties`, mode-dependent `camera_controls`;
+- switch_mode_and_capture_request / switch_mode_capture_request_and_stop / switch_mode: stop, configure,
+  start; the frames of a switched-to configuration are the simulator's capture_still in its mode (raw forced to
+  that mode, the platform's format and stride), while the simulator keeps its streaming configuration and
+  its AGC/AWB state (configuring the same mode again does not reset it, as libcamera's IPA keeps its state);
 - capture_request → CompletedRequest with make_array (raw as uint8 (h, stride) with garbage padding),
   get_metadata, release; unknown stream → RuntimeError("Stream 'x' is not defined"); requests held past
   buffer_count stall (TimeoutError after `stall_timeout` instead of hanging); Job/wait with TimeoutError;
@@ -166,6 +170,7 @@ class FakeWorld:
         self.outstanding: dict[int, int] = {}
         self.frames_dropped = 0
         self.last_raw: dict[int, tuple[int, np.ndarray]] = {}  # camera → (frame number, sim mosaic)
+        self.still_configs: list[dict] = []  # camera_configuration() of each switch_mode_* configuration
         self.lock = threading.Condition()
 
     # -- the libcamera CameraManager singleton ---------------------------------------------------------
@@ -449,6 +454,8 @@ class Picamera2Base:
         self._produced = 0
         self._to_drop = 0
         self._held = None
+        self._sim_key = None  # (main size, fps, mode size) the simulator streams in
+        self._still_controls: dict | None = None  # set while a switch_mode configuration is in force
         self.controls = _ControlsProxy(self)
 
     @property
@@ -584,6 +591,11 @@ class Picamera2Base:
         return min(self._modes(), key=score)
 
     def configure(self, camera_config=None) -> None:
+        self._configure(camera_config, still=False)
+
+    def _configure(self, camera_config, still: bool) -> None:
+        """configure(); with `still` (switch_mode_*), the simulator keeps streaming its own configuration and
+        the frames of this one are rendered by its capture_still in this configuration's mode."""
         if self.camera is None:
             raise RuntimeError("Camera is not open")
         if self.started:
@@ -646,7 +658,11 @@ class Picamera2Base:
         else:
             lo = requested_ctrls.get("FrameDurationLimits", (mode.min_frame_duration_us,) * 2)[0]
         fps = min(1e6 / max(lo, 1.0), mode.fps_max)
-        self._sim.configure(main_size, fps, raw_size=mode.size)
+        key = (main_size, fps, mode.size)
+        if not still and key != self._sim_key:
+            # like libcamera's IPA, the simulator keeps its AGC/AWB state across a configure of the same mode
+            self._sim.configure(main_size, fps, raw_size=mode.size)
+            self._sim_key = key
         self.camera_controls = self._configured_controls()
         ctrls = self._checked_controls(requested_ctrls)
         # validated values written back
@@ -675,7 +691,11 @@ class Picamera2Base:
         self._order = order
         self._pending = []
         self._held = None
-        self._sim.set_controls(self._to_sim(ctrls))
+        if still:
+            self._still_controls = self._to_sim(ctrls)
+        else:
+            self._still_controls = None
+            self._sim.set_controls(self._to_sim(ctrls))
         logger.info("fake picamera2: configured %s mode %s raw %s", self._spec.sensor, mode.size,
                     raw and raw["format"])
 
@@ -762,6 +782,8 @@ class Picamera2Base:
 
     def _next_frame(self, timeout: float, flush):
         """The next frame picamera2 would return (startup frames dropped, one held back when queueing)."""
+        if self._still_controls is not None:  # a switch_mode configuration: the sensor runs in its mode
+            return self._sim.capture_still(timeout=timeout, mode=self._mode, controls=self._still_controls)
         threshold = None
         if flush:
             threshold = time.monotonic_ns() if flush is True else int(flush)
@@ -790,6 +812,9 @@ class Picamera2Base:
             main_bgr, mosaic = main_bgr[:, ::-1], mosaic[:, ::-1]
         if t.vflip:
             main_bgr, mosaic = main_bgr[::-1], mosaic[::-1]
+        if main_bgr.shape[1::-1] != tuple(cfg["main"]["size"]):  # the ISP scales the mode to the main size
+            main_bgr = cv2.resize(np.ascontiguousarray(main_bgr), tuple(cfg["main"]["size"]),
+                                  interpolation=cv2.INTER_AREA)
         arrays = {"main": self._main_array(main_bgr, cfg["main"]["format"])}
         if cfg["lores"] is not None:
             small = cv2.resize(np.ascontiguousarray(main_bgr), tuple(cfg["lores"]["size"]), interpolation=cv2.INTER_AREA)
@@ -839,6 +864,44 @@ class Picamera2Base:
             request = CompletedRequest(self, frame, self._arrays(frame), self._metadata(frame))
             world.outstanding[self.camera_idx] += 1
             return request
+
+    # -- mode switches (picamera2's switch_mode_ = stop_, configure_, start_; functions run in order) -------
+    def _switch_mode_(self, camera_config, still: bool = True) -> None:
+        self.stop()
+        self._configure(camera_config, still)
+        if still:
+            self._world.still_configs.append(self.camera_configuration())
+        self.start()
+
+    def switch_mode(self, camera_config, wait=None, signal_function=None):
+        def run(timeout):
+            self._switch_mode_(camera_config, still=False)
+            return self.camera_configuration()
+
+        return Job(run) if wait is False else run(None)
+
+    def switch_mode_and_capture_request(self, camera_config, wait=None, signal_function=None, delay=0):
+        """Switch to camera_config, capture one request in it, switch back to the configuration in force
+        (its own controls); the caller must release the request."""
+        preview_config = copy.deepcopy(self.camera_config)
+
+        def run(timeout):
+            self._switch_mode_(camera_config)
+            request = self._capture_request(timeout, None)
+            self._switch_mode_(preview_config, still=False)
+            return request
+
+        return Job(run) if wait is False else run(None)
+
+    def switch_mode_capture_request_and_stop(self, camera_config, wait=None, signal_function=None):
+        """Switch to camera_config, capture one request in it and stop the camera (still configured so)."""
+        def run(timeout):
+            self._switch_mode_(camera_config)
+            request = self._capture_request(timeout, None)
+            self.stop()
+            return request
+
+        return Job(run) if wait is False else run(None)
 
     def capture_request(self, wait=None, signal_function=None, flush=None):
         if wait is False:
