@@ -64,7 +64,10 @@ class AgentServer:
         self.host, self.port = parse_address(listen)
         self.router = router
         self._welcome = welcome  # () -> Welcome, the current state for a new viewer
-        self._ctx = context or zmq.Context.instance()
+        # An encrypted server gets a context of its own: its ZAP authenticator binds the context-wide
+        # inproc://zeromq.zap.01, which must not collide with another one in the same process.
+        self._own_context = context is None and security is not None
+        self._ctx = context or (zmq.Context() if self._own_context else zmq.Context.instance())
         self._session_timeout = session_timeout
         self._security = security  # applies CURVE server options to the socket, or None for plain text
         self.mailbox = Mailbox()
@@ -127,6 +130,7 @@ class AgentServer:
         return sock
 
     def _run(self) -> None:
+        sock = None
         try:
             sock = self._make_socket()
             if self.port == 0:
@@ -136,6 +140,9 @@ class AgentServer:
                 self.bound_port = self.port
         except Exception as exc:
             self._bind_error = RuntimeError(f"cannot listen on {self.host}:{self.port}: {exc}")
+            if sock is not None:
+                sock.close(linger=0)
+            self._release()
             self._bound.set()
             return
         self._bound.set()
@@ -161,8 +168,14 @@ class AgentServer:
                 self._send(sock, identity, Bye(reason="agent stopping"))
             sock.close(linger=0)
             self.mailbox.close()
-            if self._security is not None and hasattr(self._security, "close"):
-                self._security.close()
+            self._release()
+
+    def _release(self) -> None:
+        """Stop the ZAP authenticator (if encrypted) and drop a context of our own."""
+        if self._security is not None and hasattr(self._security, "close"):
+            self._security.close()
+        if self._own_context:
+            self._ctx.destroy(linger=0)
 
     def _drain_socket(self, sock: zmq.Socket) -> None:
         for _ in range(1000):  # bounded, so the mailbox (frames) is served too
