@@ -43,6 +43,7 @@ MONITORED_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_A
                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 CLIENT_NAME = "host-viewer 0.1.0"
+_MONITOR_IDS = itertools.count(1)
 
 
 class BadFrame(ValueError):
@@ -261,8 +262,17 @@ class AgentClient:
         return sock
 
     def _open_monitor(self, sock: zmq.Socket) -> zmq.Socket:
-        """Handshake outcomes from the socket monitor: the only way to learn that an agent refused us."""
-        return sock.get_monitor_socket(MONITORED_EVENTS)
+        """Handshake outcomes from the socket monitor: the only way to learn that an agent refused us.
+
+        pyzmq's get_monitor_socket names the inproc endpoint after the socket's file descriptor, which the
+        next socket reuses while libzmq's reaper may still hold the old endpoint (EADDRINUSE on a quick
+        reconnect); a name of our own is unique for the process."""
+        address = f"inproc://picamlink-monitor-{next(_MONITOR_IDS)}"
+        sock.monitor(address, MONITORED_EVENTS)
+        monitor = self._ctx.socket(zmq.PAIR)
+        monitor.setsockopt(zmq.LINGER, 0)
+        monitor.connect(address)
+        return monitor
 
     def _viewer_public_key(self) -> str:
         return getattr(getattr(self._security, "keys", None), "public", "VIEWER_PUBLIC_KEY")
