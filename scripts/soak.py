@@ -188,8 +188,8 @@ def markdown(summary: dict) -> str:
     text += table(["t (s)", "agent RSS (MB)"] + [f"{n} p50/p99" for n in names],
                   [[r["t"], r["rss_mb"]] + [f"{r['viewers'][n]['age_p50_ms']}/{r['viewers'][n]['age_p99_ms']}" for n in names]
                    for r in shown])
-    text += ("\nFrame age is capture (sensor timestamp) to decoded on the viewer. The machine was shared with other "
-             "work while this ran, so absolute ages include scheduling delays; what matters is that they stay flat.\n")
+    text += ("\nFrame age is capture (sensor timestamp) to decoded on the viewer. On a machine shared with other "
+             "work, absolute ages include scheduling delays; what matters is that they stay flat.\n")
     return text
 
 
