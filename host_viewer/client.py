@@ -109,6 +109,16 @@ class PendingCommand:
     progress: list = field(default_factory=list)
 
 
+def _call_back(callback: Callable | None, message, what: str) -> None:
+    """Run an application callback on the I/O thread; its exceptions are logged, never fatal to the thread."""
+    if callback is None:
+        return
+    try:
+        callback(message)
+    except Exception:
+        log.exception("%s callback failed", what)
+
+
 class AgentClient:
     """A connection to one agent. Thread-safe for the application; one internal I/O thread."""
 
@@ -460,18 +470,10 @@ class AgentClient:
                 pending = self._pending.get(message.id)
             if pending is not None:
                 pending.progress.append(message)
-                if pending.on_progress is not None:
-                    try:
-                        pending.on_progress(message)
-                    except Exception:
-                        log.exception("progress callback failed")
+                _call_back(pending.on_progress, message, "progress")
         elif isinstance(message, Event):
             self.events.append(message)
-            if self._on_event is not None:
-                try:
-                    self._on_event(message)
-                except Exception:
-                    log.exception("event callback failed")
+            _call_back(self._on_event, message, "event")
         elif isinstance(message, Bye):
             self.state = "reconnecting"
 
