@@ -26,12 +26,12 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: 
 
 @pytest.fixture
 def start_agent():
-    """start_agent(**kwargs) -> running Agent on 127.0.0.1:<ephemeral>; stopped after the test."""
+    """start_agent(**kwargs) -> running Agent (default 127.0.0.1:<ephemeral>); stopped after the test."""
     agents: list[Agent] = []
 
-    def start(camera=None, size=(320, 240), fps=30.0, **kwargs) -> Agent:
+    def start(camera=None, size=(320, 240), fps=30.0, listen="127.0.0.1:0", **kwargs) -> Agent:
         camera = camera or SimulatedCamera(sensor=kwargs.pop("sensor", "imx219"), seed=kwargs.pop("seed", 1))
-        agent = Agent(camera, "127.0.0.1:0", size=size, fps=fps, **kwargs)
+        agent = Agent(camera, listen, size=size, fps=fps, **kwargs)
         agent.start()
         agents.append(agent)
         return agent

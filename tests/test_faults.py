@@ -3,6 +3,7 @@ jobs that stop half-way, and oversized messages. Real sockets on loopback, deadl
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -26,19 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def agents():
-    """agents(listen="127.0.0.1:0", **kwargs) -> a started Agent; every one is stopped after the test."""
-    started: list[Agent] = []
+def agents(start_agent):
+    """agents(listen="127.0.0.1:0", **kwargs) -> a started Agent, each with its own camera seed."""
+    seeds = itertools.count(1)
 
     def start(listen: str = "127.0.0.1:0", fps: float = 30.0, **kwargs) -> Agent:
-        agent = Agent(SimulatedCamera(seed=len(started) + 1), listen, size=(320, 240), fps=fps, **kwargs)
-        agent.start()
-        started.append(agent)
-        return agent
+        return start_agent(camera=SimulatedCamera(seed=next(seeds)), listen=listen, fps=fps, **kwargs)
 
-    yield start
-    for agent in started:
-        agent.stop()
+    return start
 
 
 def test_a_restarted_agent_is_found_again_within_two_seconds(agents, connect):

@@ -237,6 +237,19 @@ def check_command_reply(payload: dict, replies: list) -> None:
 TOTAL = {"agent": 0, "viewer": 0}
 
 
+def feed_payload(harness, payload: dict) -> list:
+    """Pack and feed one fuzzed map (skipped if msgpack cannot encode it); check a command's one final reply."""
+    try:
+        data = packed(payload)
+    except (OverflowError, ValueError, TypeError):
+        return []
+    replies = harness.feed(data)
+    TOTAL["agent"] += 1
+    if payload.get("t") == "command" and harness.identity in harness.server.sessions:
+        check_command_reply(payload, replies)
+    return replies
+
+
 def test_fuzz_agent_command_path(harness):
     """Structured garbage (hypothesis) plus random and mutated bytes: at least 10,000 messages, each
     answered with one valid error or result (never an internal error), and the agent keeps its session."""
@@ -248,15 +261,7 @@ def test_fuzz_agent_command_path(harness):
     def run(batch):
         for payload in batch:
             harness.ensure_session()
-            try:
-                data = packed(payload)
-            except (OverflowError, ValueError, TypeError):
-                continue
-            replies = harness.feed(data)
-            TOTAL["agent"] += 1
-            if payload.get("t") == "command" and harness.identity in harness.server.sessions:
-                check_command_reply(payload, replies)
-            for reply in replies:
+            for reply in feed_payload(harness, payload):
                 if isinstance(reply, p.Error):
                     assert reply.code != "internal", f"internal error for {payload!r}: {reply.message}"
 
@@ -270,15 +275,7 @@ def test_fuzz_agent_command_path(harness):
     for i in range(12000):
         harness.ensure_session()
         if i % 3 == 0:
-            payload = random_payload(rng, agent_types)
-            try:
-                data = packed(payload)
-            except (OverflowError, ValueError, TypeError):
-                continue
-            replies = harness.feed(data)
-            TOTAL["agent"] += 1
-            if payload.get("t") == "command" and harness.identity in harness.server.sessions:
-                check_command_reply(payload, replies)
+            feed_payload(harness, random_payload(rng, agent_types))
             continue
         data = rng.randbytes(rng.randint(0, 64)) if i % 3 == 1 else mutate(rng.choice(valid), rng)
         for reply in harness.feed(data):
