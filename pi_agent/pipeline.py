@@ -1,10 +1,10 @@
 """Capture → statistics → JPEG → one encoded frame message, on two threads off the socket thread.
 
 The capture thread takes a request from the camera and hands it to the encode thread at once; when the
-encoder is waiting for it (the normal case) the capture thread computes the raw statistics while the encoder
-JPEG-encodes (both release the GIL: a frame's latency is the longer of the two, not their sum); the encoder
-then packs the frame message once for every viewer. A frame the encoder will skip (camera faster than the
-encoder) costs no statistics unless a listener wants every frame. Each stage
+encoder is waiting for it (the normal case) the capture thread computes the frame's sampled raw statistics
+while the encoder JPEG-encodes (both release the GIL); the encoder then packs the frame message once for every
+viewer. A frame the encoder will skip (camera faster than the encoder) costs no statistics, and only
+listeners (calibration, snapshots) make it count every pixel. Each stage
 keeps only the newest item (a slow encoder drops frames rather than building latency). Listeners (the
 calibration worker, snapshots) receive every CapturedFrame from the capture thread.
 """
@@ -23,7 +23,7 @@ from protocol import ErrorCode, Frame, encode
 
 from .camera.base import CameraBackend, CameraError, CapturedFrame
 from .errors import CommandError
-from .stats import RawStats, compute_stats
+from .stats import RawStats, compute_stats, compute_stream_stats
 from .wire import plain
 
 log = logging.getLogger(__name__)
@@ -59,19 +59,32 @@ class LatestSlot:
 
 
 class PendingStats:
-    """The raw statistics of one frame, computed once by whichever thread asks first (the other waits)."""
+    """The raw statistics of one frame, computed once by whichever thread asks first (the other waits).
+
+    `full()` counts every pixel (listeners: calibration, snapshots); `for_stream()` is the sampled overlay
+    statistic, or the full one if a listener already paid for it."""
 
     def __init__(self, frame: CapturedFrame):
         self._frame = frame
         self._lock = threading.Lock()
-        self._stats: RawStats | None = None
+        self._full: RawStats | None = None
+        self._stream: tuple[RawStats, dict] | None = None
 
-    def get(self) -> RawStats:
+    def full(self) -> RawStats:
         with self._lock:
-            if self._stats is None:
+            if self._full is None:
                 f = self._frame
-                self._stats = compute_stats(f.raw, f.bayer_order, f.bit_depth, f.black_level)
-            return self._stats
+                self._full = compute_stats(f.raw, f.bayer_order, f.bit_depth, f.black_level)
+            return self._full
+
+    def for_stream(self) -> tuple[RawStats, dict]:
+        """The statistics for the frame message and their wire map (both built beside the JPEG encode)."""
+        with self._lock:
+            if self._stream is None:
+                f = self._frame
+                stats = self._full or compute_stream_stats(f.raw, f.bayer_order, f.bit_depth, f.black_level)
+                self._stream = stats, stats.to_wire()
+            return self._stream
 
 
 @dataclass
@@ -189,12 +202,14 @@ class CapturePipeline:
             with self._listeners_lock:
                 listeners = list(self._listeners)
             stats = None
-            if listeners or encoder_waiting:  # else the encoder is busy: this frame may be skipped
-                try:
-                    stats = pending.get()
-                except Exception:  # a malformed raw buffer: skip this frame, keep the stream
-                    log.exception("raw statistics failed for frame %s; frame skipped", frame.sequence)
-                    continue
+            try:
+                if listeners:  # they get every pixel; the stream then reuses these
+                    stats = pending.full()
+                if encoder_waiting:  # else the encoder is busy: this frame may be skipped
+                    stats = pending.for_stream()[0]
+            except Exception:  # a malformed raw buffer: skip this frame, keep the stream
+                log.exception("raw statistics failed for frame %s; frame skipped", frame.sequence)
+                continue
             self.frames_captured += 1
             self.last_metadata = frame.metadata
             if stats is not None:
@@ -242,7 +257,7 @@ class CapturePipeline:
         """JPEG-encode one frame (while its raw statistics are computed on the capture thread) and pack
         its message once for every viewer."""
         jpeg = simplejpeg.encode_jpeg(frame.main, quality=self.quality, colorspace="BGR", colorsubsampling="420")
-        stats = pending.get()
+        stats, wire_stats = pending.for_stream()
         self.last_stats = stats
         height, width = frame.main.shape[:2]
         capture_ns = int(frame.metadata.get("SensorTimestamp", time.monotonic_ns()))
@@ -253,7 +268,7 @@ class CapturePipeline:
             height=height,
             jpeg=jpeg,
             metadata=plain(frame.metadata),
-            stats=stats.to_wire(),
+            stats=wire_stats,
         )
         payload = encode(message, seq=frame.sequence, ts=time.monotonic_ns())
         self.frames_encoded += 1

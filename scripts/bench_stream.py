@@ -87,6 +87,12 @@ class Window:
         return (self.cpu1 or cpu_seconds()) - (self.cpu0 or 0.0)
 
 
+def sleep_until(deadline: float) -> None:
+    """Sleep until CLOCK_MONOTONIC reaches `deadline` (time.sleep may wake early by a few µs)."""
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(left)
+
+
 class Pacer:
     """A camera clock: `wait()` returns at `fps` (0: at once); when late it drops the backlog."""
 
@@ -119,14 +125,12 @@ def send_picamlink(args, window: Window) -> dict:
     counters = agent.server.counters
     sent0 = captured0 = 0
     try:
-        while True:
-            now = time.monotonic()
-            if window.cpu0 is None and now >= window.start:
-                sent0, captured0 = counters["frames_sent"], agent.pipeline.frames_captured
-            window.tick(now)
-            if window.cpu1 is not None:
-                break
-            time.sleep(0.005)
+        # Sleep to each edge of the window (no polling loop here: its wake-ups would count as the agent's CPU).
+        sleep_until(window.start)
+        sent0, captured0 = counters["frames_sent"], agent.pipeline.frames_captured
+        window.tick(time.monotonic())
+        sleep_until(window.end)
+        window.tick(time.monotonic())
         sent, captured = counters["frames_sent"] - sent0, agent.pipeline.frames_captured - captured0
         time.sleep(args.tail)
     finally:

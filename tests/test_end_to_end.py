@@ -48,7 +48,8 @@ def test_two_viewers_receive_decodable_frames_with_rising_sequence(start_agent, 
         stats = frames[-1].stats
         assert stats["channels"] == ["R", "Gr", "Gb", "B"] and stats["black_level"] == 64
         hist = frames[-1].histograms()
-        assert hist.shape == (4, 256) and hist.sum() == (1640 // 2) * (1232 // 2) * 4
+        step = stats["sample_step"]  # every step-th 2×2 cell of the 1640x1232 mode, across and down
+        assert step == 4 and hist.shape == (4, 256) and hist.sum() == -(-616 // step) * -(-820 // step) * 4
         assert "ExposureTime" in frames[-1].metadata and "SensorTimestamp" in frames[-1].metadata
     # each frame is encoded once however many viewers there are
     assert agent.server.counters["frames_sent"] >= 30

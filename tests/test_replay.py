@@ -11,7 +11,7 @@ from pi_agent.camera.base import CameraError
 from pi_agent.camera.factory import check_camera_kind, make_camera
 from pi_agent.camera.replay import ReplayCamera, ReplayError
 from pi_agent.cli import build_parser
-from pi_agent.stats import compute_stats
+from pi_agent.stats import compute_stream_stats
 from protocol import unpack_array
 from scripts.make_replay import render, write_replay
 
@@ -101,8 +101,9 @@ def test_agent_streams_a_replay(start_agent, connect, replay_file):
     image = frame.decode().astype(np.int16)
     assert image.shape == (240, 320, 3)
     assert np.abs(image - main[index]).mean() < 4  # JPEG at quality 80
-    want = compute_stats(raw[index], "BGGR", 10, 64).to_wire()
+    want = compute_stream_stats(raw[index], "BGGR", 10, 64).to_wire()  # the sampled overlay statistics
     assert frame.stats["mean"] == want["mean"] and frame.stats["level"] == want["level"]
+    assert frame.stats["sample_step"] == want["sample_step"]
     later = client.wait_frame(timeout=10, newer_than=frame.sequence)
     assert later.capture_ns > frame.capture_ns
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pi_agent.bayer import BAYER_ORDERS, CHANNELS, planes
-from pi_agent.stats import channel_histograms, channel_histograms_reference, compute_stats
+from pi_agent.bayer import BAYER_ORDERS, CHANNELS, plane_offsets, planes
+from pi_agent.camera.sim import SimulatedCamera
+from protocol import unpack_array
+from pi_agent.stats import (
+    STREAM_SAMPLE_PIXELS, bayer_sample, channel_histograms, channel_histograms_reference, compute_stats,
+    compute_stream_stats, sample_step,
+)
 
 PERCENTILES = (0.1, 1.0, 50.0, 99.0, 99.9, 100.0)
 
@@ -89,3 +94,60 @@ def test_repeated_calls_on_other_shapes_do_not_mix_buffers():
     first = channel_histograms(a, "BGGR", 10)
     channel_histograms(b, "BGGR", 10)
     np.testing.assert_array_equal(channel_histograms(a, "BGGR", 10), first)
+
+
+@pytest.mark.parametrize("shape", [(1232, 1640), (2464, 3280), (3040, 4056), (480, 640), (240, 320)])
+def test_the_stream_sample_step_is_the_smallest_within_the_pixel_budget(shape):
+    step = sample_step(shape)
+    h, w = shape
+
+    def sampled(n):
+        return -(-h // (2 * n)) * -(-w // (2 * n)) * 4
+
+    assert sampled(step) <= STREAM_SAMPLE_PIXELS
+    assert step == 1 or sampled(step - 1) > STREAM_SAMPLE_PIXELS
+    assert bayer_sample(np.zeros(shape, np.uint16), step).size == sampled(step)
+
+
+@pytest.mark.parametrize("order", BAYER_ORDERS)
+@pytest.mark.parametrize("step", [2, 3, 5])
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_bayer_sample_keeps_every_pixel_in_its_channel(order, step, padded):
+    """Each channel holds a distinct constant; the sample (also of a row-padded buffer, as a Pi delivers)
+    must keep the Bayer order and take exactly every `step`-th cell."""
+    buffer = np.zeros((36, 52 + (8 if padded else 0)), dtype=np.uint16)
+    raw = buffer[:, :52]
+    for k, plane in enumerate(planes(raw, order).values()):
+        plane[...] = 100 + k
+    raw[0::2 * step, 0::2 * step] += 1000  # marks the top-left pixel of every sampled cell
+    sample = bayer_sample(raw, step)
+    assert sample.shape == (2 * -(-18 // step), 2 * -(-26 // step))
+    hist = channel_histograms(sample, order, 12)
+    top_left = CHANNELS.index(next(n for n, yx in plane_offsets(order).items() if tuple(yx) == (0, 0)))
+    for k in range(4):
+        level = 100 + k + (1000 if k == top_left else 0)
+        assert hist[k, level] == sample.size // 4, (k, level)
+
+
+def test_stream_statistics_match_every_pixel_on_a_simulated_frame():
+    """Ground truth: the full count of the simulator's raw frame (chart scene, 1640x1232, shading on)."""
+    cam = SimulatedCamera("imx219", scene="chart", pacing=False, seed=3)
+    cam.configure((320, 240), 30.0, raw_size=(1640, 1232))
+    cam.set_controls({"AeEnable": False, "ExposureTime": 20_000, "AnalogueGain": 2.0})  # some highlights clip
+    cam.start()
+    try:
+        for _ in range(4):  # past the sensor's control delay
+            frame = cam.capture()
+    finally:
+        cam.close()
+    full = compute_stats(frame.raw, frame.bayer_order, frame.bit_depth, frame.black_level)
+    fast = compute_stream_stats(frame.raw, frame.bayer_order, frame.bit_depth, frame.black_level)
+    assert fast.sample_step == 4 and full.sample_step == 1
+    assert fast.pixels.sum() <= STREAM_SAMPLE_PIXELS
+    np.testing.assert_allclose(fast.mean(), full.mean(), rtol=0.01)
+    np.testing.assert_allclose(fast.level_at(99.9), full.level_at(99.9), rtol=0.02)
+    np.testing.assert_allclose(fast.level_at(50), full.level_at(50), rtol=0.02)
+    np.testing.assert_allclose(fast.clipped_fraction(), full.clipped_fraction(), atol=0.005)
+    wire = fast.to_wire()
+    assert wire["sample_step"] == 4 and wire["hist"]["dtype"] == "<u2"  # ≤ 33k counts per channel fit
+    np.testing.assert_array_equal(unpack_array(wire["hist"]), fast.histograms.reshape(4, 256, -1).sum(axis=2))
