@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -140,6 +141,11 @@ class AgentClient:
         self._on_event = on_event
         self._sequencer = Sequencer(time.monotonic_ns)
         self._outbox: deque = deque()
+        # Wakes the I/O thread at once for a queued command or close(); otherwise it sleeps until its next
+        # deadline (ping, hello, silence): no timer ticks while frames flow or nothing happens.
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        for end in (self._wake_reader, self._wake_writer):
+            end.setblocking(False)
         self._ids = itertools.count(1)
         self._pending: dict[int, PendingCommand] = {}
         self._lock = threading.Lock()
@@ -170,9 +176,13 @@ class AgentClient:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.state = "closed"
+        if self._thread is None or not self._thread.is_alive():
+            self._wake_reader.close()
+            self._wake_writer.close()
         with self._lock:
             pending = list(self._pending.values())
             self._pending.clear()
@@ -229,7 +239,14 @@ class AgentClient:
         with self._lock:
             self._pending[command_id] = pending
         self._outbox.append(command)
+        self._wake()
         return pending
+
+    def _wake(self) -> None:
+        try:
+            self._wake_writer.send(b"\0")
+        except OSError:  # a wake-up is already pending (full buffer), or the client is closed
+            pass
 
     @staticmethod
     def _unsendable(command: Command) -> tuple[str, str] | None:
@@ -340,6 +357,7 @@ class AgentClient:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
+        poller.register(self._wake_reader, zmq.POLLIN)
         last_heard = time.monotonic()
         next_ping = 0.0
         next_hello = 0.0
@@ -351,17 +369,30 @@ class AgentClient:
                         self._send(sock, Hello(versions=[1], client=self._client_name, credit=self.credit,
                                                capabilities=["credit", "ping"]))
                         next_hello = now + 0.25
-                elif now >= next_ping:
-                    self._ping(sock)
-                    next_ping = now + self._ping_interval
-                    if self._outstanding <= 0:  # a credit could not be sent: reopen the window
-                        self._grant(sock, 1)
+                    deadline = next_hello
+                else:
+                    if now >= next_ping:
+                        self._ping(sock)
+                        next_ping = now + self._ping_interval
+                        if self._outstanding <= 0:  # a credit could not be sent: reopen the window
+                            self._grant(sock, 1)
+                    deadline = next_ping
                 while self._outbox:
                     command = self._outbox.popleft()
-                    if not self._send(sock, command):
+                    # After a bye or silence the old pipe may linger a moment and swallow the command: fail
+                    # it now rather than let it wait for a reply that cannot come.
+                    lost = self.state in ("reconnecting", "refused")
+                    if lost or not self._send(sock, command):
                         self._fail(command.id, "not_connected",
                                    f"not connected to {self.address}; {command.name} was not sent")
-                events = dict(poller.poll(20))
+                deadline = min(deadline, last_heard + self._silence_timeout)
+                events = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000 + 1))
+                if events.get(self._wake_reader):
+                    try:
+                        while self._wake_reader.recv(4096):
+                            pass
+                    except OSError:  # drained
+                        pass
                 if events.get(monitor):
                     self._on_monitor(monitor)
                 if events.get(sock):
