@@ -1,10 +1,10 @@
 """Capture → statistics → JPEG → one encoded frame message, on two threads off the socket thread.
 
-The capture thread takes a request from the camera and hands it to the encode thread at once; when the
-encoder is waiting for it (the normal case) the capture thread computes the frame's sampled raw statistics
-while the encoder JPEG-encodes (both release the GIL); the encoder then packs the frame message once for every
-viewer. A frame the encoder will skip (camera faster than the encoder) costs no statistics, and only
-listeners (calibration, snapshots) make it count every pixel. Each stage
+The capture thread takes a request from the camera and hands it to the encode thread at once, then computes
+the frame's sampled raw statistics (and their wire map) while the encoder JPEG-encodes (both release the GIL);
+the encoder then packs the frame message once for every viewer. The statistics are a fraction of an encode,
+so the capture thread computes them for every frame, also those a busy encoder will skip: the encoder's
+critical path is the JPEG alone. Only listeners (calibration, snapshots) make it count every pixel. Each stage
 keeps only the newest item (a slow encoder drops frames rather than building latency). Listeners (the
 calibration worker, snapshots) receive every CapturedFrame from the capture thread.
 """
@@ -120,7 +120,6 @@ class CapturePipeline:
         self.last_stats: RawStats | None = None
         self.camera_failures = 0  # failed captures since start (each reported as a camera_error event)
         self._fps_window: list[float] = []
-        self._encoder_waiting = False
 
     # listeners -------------------------------------------------------------------------------------
     def add_listener(self, listener: Callable[[CapturedFrame, RawStats], None]) -> None:
@@ -197,7 +196,6 @@ class CapturePipeline:
                                {"failures": failures})
                 failures = 0
             pending = PendingStats(frame)
-            encoder_waiting = self._encoder_waiting  # read before the put wakes it
             self._captured.put((frame, pending))  # the encoder starts on the JPEG while stats run here
             with self._listeners_lock:
                 listeners = list(self._listeners)
@@ -205,8 +203,7 @@ class CapturePipeline:
             try:
                 if listeners:  # they get every pixel; the stream then reuses these
                     stats = pending.full()
-                if encoder_waiting:  # else the encoder is busy: this frame may be skipped
-                    stats = pending.for_stream()[0]
+                stats = pending.for_stream()[0]  # here, so that the encoder only ever encodes
             except Exception:  # a malformed raw buffer: skip this frame, keep the stream
                 log.exception("raw statistics failed for frame %s; frame skipped", frame.sequence)
                 continue
@@ -242,9 +239,7 @@ class CapturePipeline:
     def _encode_loop(self) -> None:
         version = 0
         while not self._stop.is_set():
-            self._encoder_waiting = True
             got = self._captured.take(version, timeout=0.5)
-            self._encoder_waiting = False
             if got is None:
                 continue
             version, (frame, pending) = got
