@@ -201,9 +201,10 @@ class CapturePipeline:
                 listeners = list(self._listeners)
             stats = None
             try:
-                if listeners:  # they get every pixel; the stream then reuses these
-                    stats = pending.full()
-                stats = pending.for_stream()[0]  # here, so that the encoder only ever encodes
+                full = pending.full() if listeners else None  # listeners get every pixel; the stream reuses it
+                stats = full or pending.for_stream()[0]  # here, so that the encoder only ever encodes
+                if full is not None:
+                    pending.for_stream()  # the wire map, still beside the encode
             except Exception:  # a malformed raw buffer: skip this frame, keep the stream
                 log.exception("raw statistics failed for frame %s; frame skipped", frame.sequence)
                 continue

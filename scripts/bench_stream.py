@@ -425,7 +425,11 @@ def run_pair(method: str, replay: Path, size, *, fps: float, duration: float, wa
 def baseline(replay: Path, quality: int, repeats: int) -> dict:
     """CPU ms per frame of encode alone, decode alone and the agent's per-frame raw statistics alone (the
     sampled stream statistics and their wire map), and the mean JPEG size."""
+    import cv2
+
     from pi_agent.stats import compute_stream_stats
+
+    cv2.setNumThreads(1)  # as the agent runs with a replay or Picamera2 camera (pi_agent.cli.limit_opencv_threads)
 
     with np.load(replay) as data:
         frames, raws = list(data["main"]), list(data["raw"])

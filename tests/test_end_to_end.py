@@ -56,6 +56,29 @@ def test_two_viewers_receive_decodable_frames_with_rising_sequence(start_agent, 
     assert agent.pipeline.frames_encoded <= agent.pipeline.frames_captured
 
 
+def test_listeners_get_every_pixel_while_the_stream_carries_a_sample(start_agent, connect):
+    """Calibration and snapshots (pipeline listeners) count the whole 1640x1232 mosaic; a viewer's frames
+    carry the sampled statistics, also while a listener is attached."""
+    agent = start_agent()
+    client = connect(agent)
+    before = client.wait_frame(timeout=10)
+    assert before.stats["sample_step"] == 4
+    seen = []
+
+    def listener(frame, stats):
+        seen.append((frame.raw.size, stats, frame.sequence))
+
+    agent.pipeline.add_listener(listener)
+    try:
+        wait_until(lambda: len(seen) >= 10, timeout=10, message="ten frames at the listener")
+    finally:
+        agent.pipeline.remove_listener(listener)
+    for size, stats, _ in seen:
+        assert stats.sample_step == 1 and stats.pixels.sum() == size == 1640 * 1232
+    after = client.wait_frame(timeout=10, newer_than=seen[-1][2] + 2)  # captured after the listener left
+    assert after.stats["sample_step"] == 4
+
+
 def test_slow_viewer_sees_fresh_frames_while_the_other_keeps_full_rate(start_agent, connect):
     """The slow viewer takes 5 frames a second from a 30 fps stream for 10 s: its frame age must not
     grow, and the fast viewer must still get (nearly) every frame the camera produced."""
