@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import simplejpeg
 import pytest
 
 from host_viewer import cli as viewer_cli
@@ -42,6 +43,10 @@ def test_calibrate_all_over_loopback_with_progress(start_agent, connect):
     assert tuple(controls["ColourGains"]) == pytest.approx(tuple(w["colour_gains"]))
     status = client.command("status")
     assert status["calibration"]["in_force"] and status["calibration"]["lens_shading"]["grid"] == [16, 12]
+    # the "after" thumbnail shows the white target with everything in force: neutral (3200 K light) and flat
+    after = simplejpeg.decode_jpeg(s["after_jpeg"], colorspace="BGR").astype(np.float64)
+    b, g, r = (after[..., i].mean() for i in range(3))
+    assert s["after_picture"] == "after all steps" and abs(b / g - 1) < 0.03 and abs(r / g - 1) < 0.03
     # the report picture can be drawn from what came back
     picture = report_image(s)
     assert picture.ndim == 3 and picture.shape[0] > 200

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from ..camera.base import LensShadingTable
 from .exposure import ExposureSettings, calibrate_exposure
 from .frames import CalibrationError, FrameSource
-from .lens_shading import calibrate_lens_shading
+from .lens_shading import calibrate_lens_shading, thumbnail_jpeg
 from .white_balance import calibrate_white_balance
 
 WHAT = ("exposure", "white_balance", "lens_shading", "all")
@@ -72,4 +72,11 @@ def run(what: str, source: FrameSource, settings: ExposureSettings | None = None
             report, outcome.table, outcome.tuning = calibrate_lens_shading(source, progress=step_progress,
                                                                            check_cancelled=check_cancelled)
             outcome.result["lens_shading"] = report
+    if "lens_shading" in outcome.result and steps[-1] != "lens_shading":
+        # The "after" picture shows the white target as the user will see it: with the white balance and
+        # exposure that followed the table in force too (uniformity, measured per channel, is not changed
+        # by colour gains or exposure).
+        frame, _ = source.fresh()
+        outcome.result["lens_shading"]["after_jpeg"] = thumbnail_jpeg(frame.main)
+        outcome.result["lens_shading"]["after_picture"] = "after all steps"
     return outcome
