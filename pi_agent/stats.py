@@ -63,25 +63,21 @@ class RawStats:
         return self.histograms[:, -1] / np.maximum(self.pixels, 1)
 
     def to_wire(self) -> dict:
-        """The `stats` map of a frame message (see docs/protocol.md). Built on every streamed frame, so in as
-        few array operations as possible; the values equal mean(), level_at() and clipped_fraction()."""
+        """The `stats` map of a frame message (see docs/protocol.md)."""
         counts = self.histograms
-        pixels = [max(n, 1) for n in self.pixels.tolist()]
         group = max(1, counts.shape[1] // HIST_BINS)
         coarse = counts.reshape(counts.shape[0], -1, group).sum(axis=2)
-        dtype = np.uint16 if max(pixels) <= np.iinfo(np.uint16).max else np.uint32  # no bin exceeds its channel
-        sums = (counts.astype(np.int64, copy=False) @ _levels(counts.shape[1])).tolist()
-        levels = histogram_percentile(counts, self.percentile).tolist()
+        fits = self.pixels.max(initial=0) <= np.iinfo(np.uint16).max  # no bin exceeds its channel's pixels
         return {
             "channels": list(CHANNELS),
             "bit_depth": self.bit_depth,
             "black_level": self.black_level,
             "white_level": self.white_level,
-            "hist": pack_array(coarse.astype(dtype)),
-            "mean": [round(s / n - self.black_level, 3) for s, n in zip(sums, pixels)],
+            "hist": pack_array(coarse.astype(np.uint16 if fits else np.uint32)),
+            "mean": [round(v, 3) for v in self.mean().tolist()],
             "percentile": self.percentile,
-            "level": [round(v - self.black_level, 3) for v in levels],
-            "clipped": [c / n for c, n in zip(counts[:, -1].tolist(), pixels)],
+            "level": [round(v, 3) for v in self.level_at(self.percentile).tolist()],
+            "clipped": self.clipped_fraction().tolist(),
             "sample_step": self.sample_step,
         }
 
