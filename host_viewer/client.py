@@ -142,10 +142,9 @@ class AgentClient:
         self._sequencer = Sequencer(time.monotonic_ns)
         self._outbox: deque = deque()
         # Wakes the I/O thread at once for a queued command or close(); otherwise it sleeps until its next
-        # deadline (ping, hello, silence): no timer ticks while frames flow or nothing happens.
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        for end in (self._wake_reader, self._wake_writer):
-            end.setblocking(False)
+        # deadline (ping, hello, silence): no timer ticks while frames flow or nothing happens. Made by start().
+        self._wake_reader: socket.socket | None = None
+        self._wake_writer: socket.socket | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, PendingCommand] = {}
         self._lock = threading.Lock()
@@ -170,6 +169,9 @@ class AgentClient:
 
     # lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> "AgentClient":
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        for end in (self._wake_reader, self._wake_writer):
+            end.setblocking(False)
         self._thread = threading.Thread(target=self._run, name=f"client-{self.address}", daemon=True)
         self._thread.start()
         return self
@@ -180,7 +182,7 @@ class AgentClient:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.state = "closed"
-        if self._thread is None or not self._thread.is_alive():
+        if self._wake_reader is not None and not self._thread.is_alive():
             self._wake_reader.close()
             self._wake_writer.close()
         with self._lock:
@@ -243,6 +245,8 @@ class AgentClient:
         return pending
 
     def _wake(self) -> None:
+        if self._wake_writer is None:  # not started: the outbox is read when it starts
+            return
         try:
             self._wake_writer.send(b"\0")
         except OSError:  # a wake-up is already pending (full buffer), or the client is closed
