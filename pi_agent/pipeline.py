@@ -202,9 +202,8 @@ class CapturePipeline:
             stats = None
             try:
                 full = pending.full() if listeners else None  # listeners get every pixel; the stream reuses it
-                stats = full or pending.for_stream()[0]  # here, so that the encoder only ever encodes
-                if full is not None:
-                    pending.for_stream()  # the wire map, still beside the encode
+                stream, _ = pending.for_stream()  # here, beside the encode, so that the encoder only encodes
+                stats = full or stream
             except Exception:  # a malformed raw buffer: skip this frame, keep the stream
                 log.exception("raw statistics failed for frame %s; frame skipped", frame.sequence)
                 continue
