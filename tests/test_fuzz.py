@@ -465,6 +465,9 @@ def test_fuzz_over_a_real_socket_while_a_viewer_streams(start_agent, connect):
         wait_until(pong, timeout=10, message="the agent's pong after the fuzz")
     finally:
         raw.close()
+    # The agent answers a peer in order, so every answer it did not drop came before the pong: count the
+    # ones read during the fuzz and those drained while waiting for the pong (a slow machine shifts them).
+    errors += sum(isinstance(m, p.Error) for m in errors_seen)
     assert errors > 100  # most garbage got an error reply
     assert agent.server.counters["bad_messages"] > 500
     viewer.wait_frame(newer_than=first + 30, timeout=10)  # the stream went on
