@@ -45,6 +45,10 @@ MONITORED_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_A
 
 CLIENT_NAME = "host-viewer 0.1.0"
 _MONITOR_IDS = itertools.count(1)
+# ZeroMQ reports a wrong CURVE key and a peer that hangs up before its greeting alike (no detail; measured:
+# a key mismatch and a TCP listener that accepts and closes both give HANDSHAKE_FAILED_NO_DETAIL), so the
+# hint names the second case too: an SSH tunnel or proxy whose agent is down looks exactly like this.
+_BEHIND_A_TUNNEL = "if this address is a tunnel or proxy, check that the agent behind it is running"
 
 
 class BadFrame(ValueError):
@@ -343,12 +347,12 @@ class AgentClient:
                     detail = "handshake failed"
                     hint = (f"the ZeroMQ handshake with {self.address} failed; if the agent requires encryption, "
                             f"run `pi-agent keys` on the Pi and pass --agent-key KEY, or add '{self.address} KEY' "
-                            f"to ~/.config/picamlink/known_agents")
+                            f"to ~/.config/picamlink/known_agents; {_BEHIND_A_TUNNEL}")
                 else:
                     detail = "agent key mismatch"
                     hint = (f"the agent at {self.address} does not hold the key this viewer trusts for it (another "
                             f"machine, or new keys): compare with `pi-agent keys` on the Pi before changing "
-                            f"--agent-key or known_agents")
+                            f"--agent-key or known_agents; {_BEHIND_A_TUNNEL}")
             else:
                 continue
             if self.state != "refused" or self.state_detail != detail:

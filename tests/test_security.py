@@ -197,6 +197,39 @@ def test_a_viewer_expecting_another_agent_key_refuses_to_connect(secure_agent):
         client.close()
 
 
+def test_a_tunnel_whose_agent_is_down_is_named_in_the_hint(tmp_path):
+    """A listener that accepts and hangs up (an SSH tunnel with nothing behind it) fails the handshake exactly
+    as a wrong agent key does, so the hint must name both causes, for plain and encrypted viewers alike."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def hang_up():
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                listener.accept()[0].close()
+            except (TimeoutError, socket.timeout):
+                continue
+
+    hanger = threading.Thread(target=hang_up, daemon=True)
+    hanger.start()
+    vkeys, _ = viewer_keys(tmp_path / "viewer")
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    clients = [start_client(address, None), start_client(address, CurveClient(zmq.curve_keypair()[0].decode(), vkeys))]
+    try:
+        for client, detail in zip(clients, ("handshake failed", "agent key mismatch")):
+            wait_until(lambda: client.state == "refused", timeout=10, message="a refusal from the dead tunnel")
+            assert client.state_detail == detail
+            assert "pi-agent keys" in client.state_hint and "tunnel or proxy" in client.state_hint
+            assert client.welcome is None and client.frames_received == 0
+    finally:
+        for client in clients:
+            client.close()
+        stop.set()
+        hanger.join(timeout=5)
+        listener.close()
+
+
 def test_plain_and_encrypted_ends_do_not_mix(secure_agent, start_agent, tmp_path):
     plain_viewer = start_client(f"127.0.0.1:{secure_agent.port}", None)
     try:
