@@ -129,12 +129,16 @@ class AgentClient:
 
     def __init__(self, address: str, *, credit: int = 2, context: zmq.Context | None = None,
                  silence_timeout: float = 1.5, ping_interval: float = 0.5, security=None,
-                 client_name: str = CLIENT_NAME, on_event: Callable[[Event], None] | None = None):
+                 client_name: str = CLIENT_NAME, on_event: Callable[[Event], None] | None = None,
+                 adaptive_credit: bool = True, full_stats: bool = False):
         self.address = address
         host, port = parse_address(address)
         self.endpoint = tcp_endpoint(host, port)
         self.credit = max(1, credit)
-        self._governor = CreditGovernor(self.credit)  # fewer frames in flight while the link is the bottleneck
+        # The window follows the link's bandwidth-delay product (host_viewer/credit.py); `credit` is where it
+        # starts, and all it ever is with adaptive_credit=False.
+        self._governor = CreditGovernor(initial=self.credit, adaptive=adaptive_credit)
+        self._full_stats = full_stats  # ask for full statistics and metadata in every frame (≈ 2.5 kB more)
         self._frame_period_ms: float | None = None
         self._outstanding = 0  # credits granted and not yet used by a frame
         self._ctx = context or zmq.Context.instance()
@@ -170,6 +174,7 @@ class AgentClient:
         self._last_sequence: int | None = None
         self._welcome_event = threading.Event()
         self._pings_sent: deque[int] = deque(maxlen=16)  # t0 of recent pings, to match pongs
+        self._handshake_done = False  # set by the socket monitor: say hello at once
 
     # lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> "AgentClient":
@@ -322,6 +327,7 @@ class AgentClient:
                 return
             kind, value = event["event"], event["value"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshake_done = True  # the first hello goes now, not after a retry interval
                 if self.state == "refused":
                     self.state, self.state_detail, self.state_hint = "connecting", "", ""
                 continue
@@ -369,14 +375,20 @@ class AgentClient:
         last_heard = time.monotonic()
         next_ping = 0.0
         next_hello = 0.0
+        hello_sent = False
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if self.welcome is None or self.state != "connected":
+                    if self._handshake_done and not hello_sent:
+                        next_hello = now  # the connection is up: the hello that IMMEDIATE refused goes now
                     if now >= next_hello:
-                        self._send(sock, Hello(versions=[1], client=self._client_name, credit=self.credit,
-                                               capabilities=["credit", "ping"]))
-                        next_hello = now + 0.25
+                        hello_sent = self._send(sock, Hello(versions=[1], client=self._client_name,
+                                                            credit=self.credit, capabilities=self._capabilities()))
+                        # Sent but unanswered: again in 250 ms. Refused (no connection yet): again when the
+                        # socket monitor reports the handshake, or 5 ms after it did (the pipe attaches
+                        # an instant later).
+                        next_hello = now + (0.005 if self._handshake_done and not hello_sent else 0.25)
                     deadline = next_hello
                 else:
                     if now >= next_ping:
@@ -427,6 +439,7 @@ class AgentClient:
                     poller.register(monitor, zmq.POLLIN)
                     last_heard = time.monotonic()
                     next_hello = 0.0
+                    hello_sent = self._handshake_done = False
         finally:
             try:
                 sock.send(self._sequencer.encode(Bye(reason="viewer closing")), zmq.NOBLOCK)
@@ -480,6 +493,7 @@ class AgentClient:
             if message.t0 in self._pings_sent and 0 <= message.t1 < 2**63:
                 self._pings_sent.remove(message.t0)
                 self.clock.add(clock_sample(message.t0, message.t1, received_ns))
+                self._governor.on_rtt((received_ns - message.t0) / 1e6)
         elif isinstance(message, Welcome):
             # The welcome's envelope time gives a first clock estimate (hello → welcome round trip).
             self.welcome = message
@@ -516,6 +530,9 @@ class AgentClient:
         elif isinstance(message, Bye):
             self.state = "reconnecting"
 
+    def _capabilities(self) -> list[str]:
+        return ["credit", "ping"] + (["full_stats"] if self._full_stats else [])
+
     def _grant(self, sock: zmq.Socket, n: int) -> None:
         """Send `n` credits at once (the agent may then send the newest frame); count them as outstanding."""
         if n > 0 and self._send(sock, Credit(n=n)):
@@ -525,12 +542,15 @@ class AgentClient:
         arrival_age_ms = ((received_ns + self.clock.offset_ns - message.capture_ns) / 1e6
                           if self.clock.known else None)
         self._outstanding -= 1
-        credits = self._governor.on_frame(arrival_age_ms, self._frame_period_ms)
+        credits = self._governor.on_frame(arrival_age_ms, self._frame_period_ms, received_ns / 1e6)
         # Never let the window close: with no credit outstanding the agent would send nothing, ever again.
         self._grant(sock, max(credits, 1 - self._outstanding))
+        metadata = message.metadata
+        if "SensorTimestamp" not in metadata:  # compact frames leave it out: it is capture_ns
+            metadata["SensorTimestamp"] = message.capture_ns
         frame = ReceivedFrame(
             sequence=message.frame, capture_ns=message.capture_ns, received_ns=received_ns,
-            width=message.width, height=message.height, jpeg=message.jpeg, metadata=message.metadata,
+            width=message.width, height=message.height, jpeg=message.jpeg, metadata=metadata,
             stats=message.stats, offset_ns=self.clock.offset_ns,
         )
         with self._frame_cond:

@@ -28,12 +28,13 @@ from protocol.limits import SUPPORTED_VERSIONS
 
 from .commands import CommandRouter
 from .mailbox import Mailbox
-from .pipeline import EncodedFrame
+from .pipeline import Demand, EncodedFrame
 
 log = logging.getLogger(__name__)
 
 MAX_CREDIT = 8
 MAX_COMMAND_ID_LEN = 64
+STALE_FRAME_S = 0.25  # an encoded frame older than this is not offered to a new or re-credited viewer
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Session:
     frames_sent: int = 0
     user: str = ""  # the viewer's CURVE public key when encryption is on
     capabilities: list = field(default_factory=list)
+    full_stats: bool = False  # hello asked for full statistics and metadata in every frame
 
 
 class AgentServer:
@@ -60,6 +62,7 @@ class AgentServer:
         context: zmq.Context | None = None,
         session_timeout: float = 5.0,
         security=None,
+        demand: Demand | None = None,
     ):
         self.host, self.port = parse_address(listen)
         self.router = router
@@ -71,6 +74,7 @@ class AgentServer:
         self._session_timeout = session_timeout
         self._security = security  # applies CURVE server options to the socket, or None for plain text
         self.mailbox = Mailbox()
+        self.demand = demand or Demand()  # what the capture thread may encode: kept current by this thread
         self.sessions: dict[bytes, Session] = {}
         self._latest: EncodedFrame | None = None
         self._sequencer = Sequencer(time.monotonic_ns)
@@ -159,6 +163,7 @@ class AgentServer:
                 if events.get(self.mailbox.fileno()):
                     for item in self.mailbox.drain():
                         self._handle_item(sock, item)
+                self.demand.update(*self._wanted())
                 now = time.monotonic()
                 if now >= next_sweep:
                     self._forget_silent(now)
@@ -246,6 +251,7 @@ class AgentServer:
         self.sessions[identity] = Session(
             identity=identity, client=hello.client[:80], credit=max(0, min(MAX_CREDIT, credit)),
             last_seen=time.monotonic(), user=user, capabilities=hello.capabilities[:32],
+            full_stats="full_stats" in hello.capabilities[:32],
         )
         log.info("viewer %s connected (%s%s); %d viewer(s)", identity.hex()[:8], hello.client[:80],
                  f", key {user}" if user else "", len(self.sessions))
@@ -272,19 +278,32 @@ class AgentServer:
             self._latest = item[1]
             for session in list(self.sessions.values()):
                 self._offer_latest(sock, session)
+            self.demand.handled(*self._wanted())
         elif kind == "send":
             self._send(sock, item[1], item[2])
         elif kind == "broadcast":
             for identity in list(self.sessions):
                 self._send(sock, identity, item[1])
 
+    def _wanted(self) -> tuple[int, bool]:
+        """(the largest credit a session holds, whether a session with credit wants full statistics)."""
+        credit, full = 0, False
+        for session in self.sessions.values():
+            if session.credit > 0:
+                credit = max(credit, session.credit)
+                full = full or session.full_stats
+        return credit, full
+
     def _offer_latest(self, sock: zmq.Socket, session: Session) -> None:
         frame = self._latest
         if frame is None or session.credit <= 0 or session.sent_sequence >= frame.sequence:
             return
+        if time.monotonic() - frame.encoded_at > STALE_FRAME_S:
+            return  # encoded before a pause in demand: the capture thread encodes a fresh one for this credit
         if session.sent_sequence >= 0 and frame.sequence > session.sent_sequence + 1:
             self.counters["frames_skipped"] += frame.sequence - session.sent_sequence - 1
-        if self._send_bytes(sock, session.identity, frame.payload):
+        payload = frame.payload_full if session.full_stats and frame.payload_full is not None else frame.payload
+        if self._send_bytes(sock, session.identity, payload):
             session.credit -= 1
             session.sent_sequence = frame.sequence
             session.frames_sent += 1

@@ -35,7 +35,7 @@ def collect(client, count: int, timeout: float = 10.0):
 
 def test_two_viewers_receive_decodable_frames_with_rising_sequence(start_agent, connect):
     agent = start_agent(size=(320, 240))
-    a, b = connect(agent), connect(agent)
+    a, b = connect(agent), connect(agent, full_stats=True)  # compact statistics (the default), full ones
     assert a.welcome.sensor["model"] == "imx219" and a.welcome.sensor["black_level"] == 64
     for client in (a, b):
         frames = collect(client, 15)
@@ -46,10 +46,17 @@ def test_two_viewers_receive_decodable_frames_with_rising_sequence(start_agent, 
         assert image.shape == (240, 320, 3) and image.dtype == np.uint8
         assert image.std() > 5  # a real picture, not a blank
         stats = frames[-1].stats
-        assert stats["channels"] == ["R", "Gr", "Gb", "B"] and stats["black_level"] == 64
+        assert stats["black_level"] == 64 and stats["white_level"] == 1023
         hist = frames[-1].histograms()
         step = stats["sample_step"]  # every step-th 2×2 cell of the 1640x1232 mode, across and down
-        assert step == 4 and hist.shape == (4, 256) and hist.sum() == -(-616 // step) * -(-820 // step) * 4
+        assert step == 4
+        if client is b:
+            assert stats["channels"] == ["R", "Gr", "Gb", "B"]
+            assert hist.shape == (4, 256) and hist.sum() == -(-616 // step) * -(-820 // step) * 4
+            assert "ScalerCrop" in frames[-1].metadata
+        else:  # one byte per bin, the fullest bin 255, every occupied bin non-zero
+            assert hist.shape == (4, 32) and hist.dtype == np.uint8 and hist.max() == 255
+            assert "channels" not in stats and "ScalerCrop" not in frames[-1].metadata
         assert "ExposureTime" in frames[-1].metadata and "SensorTimestamp" in frames[-1].metadata
     # each frame is encoded once however many viewers there are
     assert agent.server.counters["frames_sent"] >= 30
