@@ -78,6 +78,7 @@ class ReceivedFrame:
     metadata: dict
     stats: dict
     offset_ns: int  # agent clock minus viewer clock, as estimated when it arrived
+    wire_bytes: int = 0  # size of the whole frame message (JPEG, metadata, statistics, envelope)
 
     def decode(self) -> np.ndarray:
         """The BGR image; raises BadFrame (a ValueError) when the JPEG is corrupt."""
@@ -486,7 +487,7 @@ class AgentClient:
             return
         message = envelope.message
         if isinstance(message, Frame):
-            self._frame(sock, message, received_ns)
+            self._frame(sock, message, received_ns, len(data))
         elif isinstance(message, Pong):
             # Only an answer to a ping we sent counts, with an agent clock reading a monotonic clock can
             # give: a stray or forged pong must not move the clock offset (frame ages, command expiry).
@@ -538,7 +539,7 @@ class AgentClient:
         if n > 0 and self._send(sock, Credit(n=n)):
             self._outstanding += n
 
-    def _frame(self, sock: zmq.Socket, message: Frame, received_ns: int) -> None:
+    def _frame(self, sock: zmq.Socket, message: Frame, received_ns: int, wire_bytes: int = 0) -> None:
         arrival_age_ms = ((received_ns + self.clock.offset_ns - message.capture_ns) / 1e6
                           if self.clock.known else None)
         self._outstanding -= 1
@@ -551,7 +552,7 @@ class AgentClient:
         frame = ReceivedFrame(
             sequence=message.frame, capture_ns=message.capture_ns, received_ns=received_ns,
             width=message.width, height=message.height, jpeg=message.jpeg, metadata=metadata,
-            stats=message.stats, offset_ns=self.clock.offset_ns,
+            stats=message.stats, offset_ns=self.clock.offset_ns, wire_bytes=wire_bytes,
         )
         with self._frame_cond:
             if self._last_sequence is not None and frame.sequence > self._last_sequence + 1:

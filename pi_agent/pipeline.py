@@ -38,10 +38,9 @@ MAX_BACKOFF = 2.0  # s between attempts to reopen a failing camera
 
 
 # The metadata a streamed frame carries by default: what the viewer shows and steers by. The full set
-# (ScalerCrop, SensorBlackLevels, FrameDurationLimits, ...) goes to viewers that ask for full statistics, and
+# (DigitalGain, ColourTemperature, Lux, ScalerCrop, SensorBlackLevels, FrameDurationLimits, ...) goes to viewers that ask for full statistics, and
 # with snapshots and `status`. SensorTimestamp is the frame's `capture_ns`.
-STREAM_METADATA = ("ExposureTime", "AnalogueGain", "DigitalGain", "ColourGains", "ColourTemperature", "Lux",
-                   "FrameDuration", "AeEnable", "AwbEnable")
+STREAM_METADATA = ("ExposureTime", "AnalogueGain", "ColourGains", "FrameDuration", "AeEnable", "AwbEnable")
 IDLE_WAIT = 0.1  # s a free-running capture thread waits for demand before taking a frame anyway
 
 

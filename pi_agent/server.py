@@ -302,7 +302,9 @@ class AgentServer:
             return  # encoded before a pause in demand: the capture thread encodes a fresh one for this credit
         if session.sent_sequence >= 0 and frame.sequence > session.sent_sequence + 1:
             self.counters["frames_skipped"] += frame.sequence - session.sent_sequence - 1
-        payload = frame.payload_full if session.full_stats and frame.payload_full is not None else frame.payload
+        if session.full_stats and frame.payload_full is None:
+            return  # packed before this viewer asked for full statistics: the next frame will carry them
+        payload = frame.payload_full if session.full_stats else frame.payload
         if self._send_bytes(sock, session.identity, payload):
             session.credit -= 1
             session.sent_sequence = frame.sequence
