@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,9 +29,11 @@ log = logging.getLogger(__name__)
 FINISHED_PROGRESS_SHOWN_S = 3.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class CommandProgress:
-    """The latest Progress of a running command (or how it ended, kept on screen for a few seconds)."""
+    """The latest Progress of a running command (or how it ended, kept on screen for a few seconds).
+
+    Immutable: the client's I/O thread replaces the tile's reference while the window thread draws it."""
 
     name: str
     step: str = "sent"
@@ -49,8 +51,7 @@ class CameraTile:
         self.link_meter = RateMeter()
         self._last_counts = (0, 0)
         self.last_sample: float | None = None  # when the counters were last turned into rates
-        self.status = ""
-        self.status_time = 0.0
+        self._status: tuple[str, float] = ("", 0.0)  # (text, monotonic time): one reference, set from any thread
         self.progress: CommandProgress | None = None
         self.recorder: Recorder | None = None
         self.last_frame: ReceivedFrame | None = None
@@ -84,9 +85,20 @@ class CameraTile:
         if self.recorder is not None:
             self.write_recording(frame)
 
+    @property
+    def status(self) -> str:
+        return self._status[0]
+
+    @property
+    def status_time(self) -> float:
+        return self._status[1]
+
+    def status_line(self) -> tuple[str, float]:
+        """(text, when) of the last status message, read together."""
+        return self._status
+
     def set_status(self, text: str) -> None:
-        self.status = text
-        self.status_time = time.monotonic()
+        self._status = (text, time.monotonic())
         log.info("%s: %s", self.client.address, text)
 
     # commands ---------------------------------------------------------------------------------------
@@ -106,15 +118,13 @@ class CameraTile:
             try:
                 value = future.result()
             except CommandFailed as exc:
-                progress.finished, progress.outcome = time.monotonic(), f"{exc.code}: {exc.message}"
-                self.progress = progress
+                self.progress = replace(progress, finished=time.monotonic(), outcome=f"{exc.code}: {exc.message}")
                 self.set_status(f"{label} failed: {exc.code}: {exc.message}")
                 return
             except Exception as exc:  # cancelled future or the like
                 self.set_status(f"{label} failed: {exc}")
                 return
-            progress.finished, progress.outcome, progress.fraction = time.monotonic(), "done", 1.0
-            self.progress = progress
+            self.progress = replace(progress, finished=time.monotonic(), outcome="done", fraction=1.0)
             if on_result is not None:
                 try:
                     on_result(value)
