@@ -167,6 +167,7 @@ class CalibrationService:
                 raise CommandError(ErrorCode.CAMERA, f"calibration failed: the camera failed: {exc}") from None
             finally:
                 source.close()
+            job.check_cancelled()  # a cancel that came during the last step: keep the calibration in force
             self._record(outcome.result, outcome.table, outcome.tuning)
             value = dict(outcome.result)
             if self.store is not None:
