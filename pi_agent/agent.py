@@ -58,6 +58,7 @@ class Agent:
                                   session_timeout=session_timeout, context=context, demand=self.demand)
         self.context.viewers = lambda: self.server.viewer_count
         self.context.extra["frames_sent"] = lambda: self.server.counters["frames_sent"]  # status
+        self.context.events = self._on_event  # e.g. controls_changed, to every viewer
         self.port: int | None = None
         self._stopped = threading.Event()
         self.announce = announce  # mDNS/zeroconf announcement (pi_agent/announce.py)
