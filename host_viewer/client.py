@@ -314,7 +314,7 @@ class AgentClient:
                 self._pending.pop(pending.id, None)
 
     # the I/O thread ----------------------------------------------------------------------------------
-    def _make_socket(self) -> zmq.Socket:
+    def _make_socket(self, connect: bool = True) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue commands for an agent that is not there
@@ -326,8 +326,18 @@ class AgentClient:
         sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
         if self._security is not None:
             self._security.apply_client(sock)
-        sock.connect(self.endpoint)
+        if connect:
+            sock.connect(self.endpoint)
         return sock
+
+    def _open_connected(self) -> tuple[zmq.Socket, zmq.Socket]:
+        """The socket and its monitor, the monitor listening before the connection starts: a handshake
+        completed before the monitor's reader connects would be lost, and the first hello would wait for
+        its retry (issue 15: 255–297 ms to the first frame)."""
+        sock = self._make_socket(connect=False)
+        monitor = self._open_monitor(sock)
+        sock.connect(self.endpoint)
+        return sock, monitor
 
     def _open_monitor(self, sock: zmq.Socket) -> zmq.Socket:
         """Handshake outcomes from the socket monitor: the only way to learn that an agent refused us.
@@ -394,8 +404,7 @@ class AgentClient:
             self._set_state("refused", detail, hint)
 
     def _run(self) -> None:
-        sock = self._make_socket()
-        monitor = self._open_monitor(sock)
+        sock, monitor = self._open_connected()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
@@ -461,8 +470,7 @@ class AgentClient:
                     poller.unregister(sock)
                     poller.unregister(monitor)
                     self._close_socket(sock, monitor)
-                    sock = self._make_socket()
-                    monitor = self._open_monitor(sock)
+                    sock, monitor = self._open_connected()
                     poller.register(sock, zmq.POLLIN)
                     poller.register(monitor, zmq.POLLIN)
                     last_heard = time.monotonic()

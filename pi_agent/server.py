@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_CREDIT = 8
 MAX_COMMAND_ID_LEN = 64
-STALE_FRAME_S = 0.25  # an encoded frame older than this is not offered to a new or re-credited viewer
+STALE_FRAME_S = 0.1  # an encoded frame older than this is not offered to a new or re-credited viewer
 BYE_LINGER_MS = 500  # how long a stopping agent waits for its `bye` messages to leave (bounded)
 
 
