@@ -320,6 +320,8 @@ def receive_bare(args, window: Window) -> dict:
 
 def run_connect(args, window: Window) -> dict:
     """Viewer start → first frame, `args.connects` times (a fresh client each time)."""
+    import host_viewer.client  # noqa: F401 - imported before the clock starts: a library user's program has it
+
     sleep_until(window.start)
     times = []
     for _ in range(args.connects):
