@@ -576,7 +576,9 @@ class AgentClient:
         arrival_age_ms = ((received_ns + self.clock.offset_ns - message.capture_ns) / 1e6
                           if self.clock.known else None)
         self._outstanding -= 1
-        credits = self._governor.on_frame(arrival_age_ms, self._frame_period_ms, received_ns / 1e6)
+        last = self._last_sequence
+        skipped = message.frame - last - 1 if last is not None and message.frame > last else 0
+        credits = self._governor.on_frame(arrival_age_ms, self._frame_period_ms, received_ns / 1e6, skipped)
         # Never let the window close: with no credit outstanding the agent would send nothing, ever again.
         self._grant(sock, max(credits, 1 - self._outstanding))
         metadata = message.metadata

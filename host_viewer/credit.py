@@ -11,7 +11,10 @@ wait for the next capture. Delay alone therefore widens the window (a 40 ms roun
 instead of being mistaken for congestion. When the link itself is the bottleneck — frames arrive no faster
 than one per frame period and each spends more than 1.5 arrival gaps in flight, i.e. waits behind another —
 the window is what keeps the link busy and no more: 1 + ceil(rtt / gap), so at most about one frame queues
-and the age stays bounded (about two transfer times). Pure logic, no sockets.
+and the age stays bounded (about two transfer times). Otherwise, while the agent still skips frames for us
+(more than one in ten: the window runs dry, e.g. while a lost packet is retransmitted), the window grows by
+one per decision: more frames in flight, and more duplicate acknowledgements to repair a loss quickly.
+Pure logic, no sockets.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class CreditGovernor:
         self._gaps: deque[float] = deque(maxlen=window)
         self._rtts: deque[float] = deque(maxlen=16)  # ≈ 8 s of pings: long enough to see an empty path
         self._last_arrival_ms: float | None = None
+        self._skipped = 0  # frames the agent skipped for us since the last decision
         self.link_bound = False  # the last decision found the link to be the bottleneck
 
     def reset(self) -> None:
@@ -43,6 +47,7 @@ class CreditGovernor:
         self._ages.clear()
         self._gaps.clear()
         self._last_arrival_ms = None
+        self._skipped = 0
         self.link_bound = False
 
     def on_rtt(self, rtt_ms: float) -> None:
@@ -60,10 +65,12 @@ class CreditGovernor:
             want = 1 + math.ceil(rtt / gap)
         else:
             want = math.ceil((rtt + in_flight) / frame_period_ms) + 1
+            if self._skipped * 10 > len(self._ages):  # the window runs dry: frames are skipped for us
+                want = max(want, self.target + 1)
         return max(1, min(self.max_credit, want))
 
     def on_frame(self, arrival_age_ms: float | None, frame_period_ms: float | None,
-                 arrival_ms: float | None = None) -> int:
+                 arrival_ms: float | None = None, skipped: int = 0) -> int:
         """Credits to return for one received frame: 1 keeps the window, 0 shrinks it by one, more grows
         it. Without a clock offset (age) or a known frame period (a free-running camera) it stays as is."""
         if arrival_ms is not None:
@@ -72,11 +79,13 @@ class CreditGovernor:
             self._last_arrival_ms = arrival_ms
         if not self.adaptive or arrival_age_ms is None or not frame_period_ms:
             return 1
+        self._skipped += max(0, skipped)
         self._ages.append(arrival_age_ms)
         if len(self._ages) < self._ages.maxlen:
             return 1
         want = self.wanted(frame_period_ms)
         self._ages.clear()
+        self._skipped = 0
         if want < self.target:
             self.target -= 1  # one step at a time: withholding one credit per decision
             return 0

@@ -77,3 +77,12 @@ def test_the_client_never_closes_its_window_over_a_slow_link(start_agent):
         assert 0 < client._outstanding <= 2
     finally:
         client.close()
+
+
+def test_a_window_that_runs_dry_grows_while_frames_do_not_queue():
+    """Frames arrive young and one period apart, yet every other frame is skipped for us (a window too small
+    for the path, e.g. while losses are repaired): one more credit per decision, up to the agent's cap."""
+    governor = CreditGovernor(initial=2)
+    governor.on_rtt(2.0)
+    returned = [governor.on_frame(10.0, PERIOD, i * 2 * PERIOD, skipped=1) for i in range(40)]
+    assert governor.target == 7 and window_after(governor, returned) == 7 and not governor.link_bound
