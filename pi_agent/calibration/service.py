@@ -19,7 +19,6 @@ from protocol import Command, ErrorCode
 from ..camera.base import CameraError, LensShadingTable
 from ..camera.tuning import GRIDS
 from ..commands import CommandRouter, Job
-from ..controls import SETTABLE
 from ..errors import CommandError
 from ..state import StateStore, table_from_json, table_to_json
 from .exposure import ExposureSettings
@@ -51,6 +50,9 @@ class CalibrationService:
         self.store = store
         self._lock = threading.Lock()
         self.state: dict[str, Any] = {}
+        # The requested controls before any calibration result was put in force: what clear_calibration
+        # puts back (None: no calibration applied since start).
+        self._uncalibrated: dict[str, Any] | None = None
         router.register("calibrate", self._calibrate)
         router.register("clear_calibration", self._clear)
         context.extra["calibration_state"] = self.summary
@@ -70,6 +72,7 @@ class CalibrationService:
             return False
         try:
             controls = saved.get("controls") or {}
+            self._uncalibrated = camera.controls()
             if controls:
                 camera.set_controls({k: (tuple(v) if isinstance(v, list) else v) for k, v in controls.items()})
             if saved.get("lens_shading_table"):
@@ -143,7 +146,7 @@ class CalibrationService:
             percentile=_number(args, "percentile", 50.0, 100.0) or 99.9,
         )
         camera = self.context.camera
-        before_controls = {k: v for k, v in camera.controls().items() if k in SETTABLE}
+        before_controls = camera.controls()  # the whole requested set: a failed run puts back exactly this
         before_table = camera.lens_shading
 
         def restore() -> None:
@@ -151,8 +154,7 @@ class CalibrationService:
             if camera.lens_shading is not before_table:
                 camera.apply_lens_shading(before_table if before_table is not None
                                           else LensShadingTable.flat(GRIDS[camera.tuning_target]))
-            if before_controls:
-                camera.set_controls(before_controls)
+            camera.restore_controls(before_controls)
 
         def work(job: Job) -> dict[str, Any]:
             source = PipelineFrameSource(camera, self.context.pipeline)
@@ -167,6 +169,9 @@ class CalibrationService:
                 raise CommandError(ErrorCode.CAMERA, f"calibration failed: the camera failed: {exc}") from None
             finally:
                 source.close()
+            job.check_cancelled()  # a cancel that came during the last step: keep the calibration in force
+            if self._uncalibrated is None:
+                self._uncalibrated = dict(before_controls)
             self._record(outcome.result, outcome.table, outcome.tuning)
             value = dict(outcome.result)
             if self.store is not None:
@@ -182,7 +187,9 @@ class CalibrationService:
         self.context.lease.check_free()
         camera = self.context.camera
         camera.apply_lens_shading(LensShadingTable.flat(GRIDS[camera.tuning_target]))
-        camera.set_controls({"AeEnable": True, "AwbEnable": True})
+        if self._uncalibrated is not None:  # nothing was calibrated since start: the controls stay as they are
+            camera.restore_controls(self._uncalibrated)
+            self._uncalibrated = None
         removed = self.store.clear() if self.store is not None else False
         with self._lock:
             self.state = {}
