@@ -143,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     from .security import InsecureListen, server_security
 
     if args.clear_calibration:
-        removed = StateStore(args.state_dir).clear()
+        try:
+            removed = StateStore(args.state_dir).clear()
+        except OSError as exc:
+            print(f"pi-agent: --clear-calibration: cannot remove the saved calibration: {exc}", file=sys.stderr)
+            return 2
         log.info("calibration %s", f"cleared from {args.state_dir}" if removed else "was not saved; nothing to clear")
     try:
         security = server_security(args.listen, secure=args.secure, insecure=args.insecure,
