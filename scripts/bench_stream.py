@@ -785,6 +785,10 @@ PARTS = {"cpu": part_cpu, "idle": part_idle_free, "bytes": part_bytes_connect, "
 def parent(args) -> int:
     from scripts.benchdoc import write_section
 
+    import signal
+
+    # A terminated run still removes its network namespaces and cgroup (the `finally` clauses run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     if args.quick:
