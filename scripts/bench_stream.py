@@ -219,6 +219,31 @@ def send_bare(args, window: Window) -> dict:
         ctx.term()
 
 
+def run_pipeline(args, window: Window) -> dict:
+    """The agent's capture thread alone (capture, statistics, JPEG, frame message) with no sockets: what the
+    whole agent costs beyond it is the socket side (server thread, ZeroMQ, wake-ups)."""
+    from pi_agent.camera.replay import ReplayCamera
+    from pi_agent.cli import limit_opencv_threads
+    from pi_agent.pipeline import CapturePipeline
+
+    camera = ReplayCamera(args.replay)
+    limit_opencv_threads(camera)
+    camera.configure(tuple(args.size), args.fps)
+    pipeline = CapturePipeline(camera, on_frame=lambda frame: None, quality=args.quality)
+    pipeline.start()
+    try:
+        sleep_until(window.start)
+        before = pipeline.frames_encoded
+        window.tick(time.monotonic())
+        sleep_until(window.end)
+        window.tick(time.monotonic())
+        frames = pipeline.frames_encoded - before
+    finally:
+        pipeline.stop()
+    return {"frames": frames, "cpu": window.cpu, "captured": frames, "encoded": frames, "analysed": frames,
+            "sent": 0}
+
+
 def run_idle(args, window: Window) -> dict:
     """The agent alone: nobody connects."""
     return send_picamlink(args, window)
@@ -353,7 +378,7 @@ ROLES = {
     ("sender", "picamlink"): send_picamlink, ("sender", "imagezmq"): send_imagezmq, ("sender", "bare"): send_bare,
     ("receiver", "picamlink"): receive_picamlink, ("receiver", "imagezmq"): receive_imagezmq,
     ("receiver", "bare"): receive_bare, ("idle", "picamlink"): run_idle, ("connect", "picamlink"): run_connect,
-    ("window", "picamlink"): run_window,
+    ("window", "picamlink"): run_window, ("pipeline", "picamlink"): run_pipeline,
 }
 
 
@@ -562,6 +587,7 @@ def part_cpu(args, cache, q) -> tuple[str, dict]:
     print(f"640x480: encode {base['encode_ms']:.2f} ms, decode {base['decode_ms']:.2f} ms, stats "
           f"{base['stats_ms']:.2f} ms (raw {base['raw_size']}), JPEG {base['jpeg_bytes'] / 1e3:.1f} kB", flush=True)
     runs = {m: {"30": [], "max": [], "quota": []} for m in METHODS}
+    alone = {"30": [], "max": []}  # the capture pipeline without sockets
     quota = CpuQuota(args.quota)
     try:
         for _ in range(q["repeats"]):  # interleaved: a burst of outside load hits one repeat of every method
@@ -569,6 +595,10 @@ def part_cpu(args, cache, q) -> tuple[str, dict]:
                 kw = dict(duration=q["seconds"], warmup=q["warmup"], quality=args.quality)
                 runs[method]["30"].append(summarise(run_pair(method, replay, (640, 480), fps=30.0, **kw)))
                 runs[method]["max"].append(summarise(run_pair(method, replay, (640, 480), fps=args.max_fps, **kw)))
+                if method == "picamlink":
+                    for key, rate in (("30", 30.0), ("max", args.max_fps)):
+                        s = run_group(method, replay, (640, 480), role="pipeline", fps=rate, receivers=[], **kw)["sender"]
+                        alone[key].append(s["cpu"] / max(s["frames"], 1) * 1e3)
                 if quota.usable:
                     runs[method]["quota"].append(summarise(run_pair(
                         method, replay, (640, 480), fps=args.max_fps,
@@ -607,7 +637,19 @@ def part_cpu(args, cache, q) -> tuple[str, dict]:
             + table(["Method", "30 fps: fps", "agent ms/frame", "÷ imagezmq", "age p50 ms", "age p99 ms",
                      "viewer ms/frame", f"{args.max_fps:g} fps source: fps", "agent ms/frame", "÷ imagezmq",
                      f"quota {args.quota:g} %: fps", "agent ms/frame"], rows))
-    return text, {"best": best, "base": base}
+    ours = best["picamlink"]
+    pipe30, pipemax = min(alone["30"]), min(alone["max"])
+    text += ("\nWhere the agent's CPU per frame goes (ms; the same runs, least of the repeats): the capture pipeline "
+             "alone is the agent's capture thread (replay capture, sampled raw statistics, JPEG, frame message) with "
+             "no sockets; the rest is the socket side (server thread woken per frame and per credit, ZeroMQ).\n\n"
+             + table(["Source", "JPEG encode alone", "statistics alone", "capture pipeline alone", "whole agent",
+                      "socket side (difference)", "imagezmq sender", "bare sender"],
+                     [["30 fps", f2(base["encode_ms"]), f2(base["stats_ms"]), f2(pipe30), f2(ours["30"]["send_ms"]),
+                       f2(ours["30"]["send_ms"] - pipe30), f2(izmq["30"]["send_ms"]), f2(best["bare"]["30"]["send_ms"])],
+                      [f"{args.max_fps:g} fps", f2(base["encode_ms"]), f2(base["stats_ms"]), f2(pipemax),
+                       f2(ours["max"]["send_ms"]), f2(ours["max"]["send_ms"] - pipemax), f2(izmq["max"]["send_ms"]),
+                       f2(best["bare"]["max"]["send_ms"])]]))
+    return text, {"best": best, "base": base, "pipeline": (pipe30, pipemax)}
 
 
 def part_idle_free(args, cache, q) -> tuple[str, dict]:
@@ -841,7 +883,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "picamlink-bench"),
                    help="where the replay files are kept")
     # the child processes
-    p.add_argument("--role", choices=("sender", "receiver", "idle", "connect", "window"), help=argparse.SUPPRESS)
+    p.add_argument("--role", choices=("sender", "receiver", "idle", "connect", "window", "pipeline"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     p.add_argument("--replay", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, nargs=2, help=argparse.SUPPRESS)
