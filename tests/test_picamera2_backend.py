@@ -331,7 +331,7 @@ def test_auto_picks_picamera2_when_a_camera_is_present_and_says_so(monkeypatch, 
 def test_the_agent_streams_end_to_end_over_the_fake(start_agent, connect):
     fake = make_fake_picamera2(["imx219"], "vc4", pacing=True)
     agent = start_agent(camera=Picamera2Camera(picamera2_module=fake), size=(320, 240), fps=30.0)
-    client = connect(agent)
+    client = connect(agent, full_stats=True)  # every metadata key in each frame
     frame = client.wait_frame(timeout=10)
     image = frame.decode()
     assert image.shape == (240, 320, 3) and image.std() > 5
