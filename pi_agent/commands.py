@@ -17,7 +17,7 @@ from protocol import Command, Error, ErrorCode, Message, Progress, Result
 from protocol.controls import COMMAND_ARGS
 
 from .camera.base import CameraBackend
-from .controls import validate_controls
+from .controls import in_force, validate_controls
 from .errors import CommandError
 from .pipeline import CapturePipeline
 from .wire import plain
@@ -148,7 +148,8 @@ class CommandRouter:
             try:
                 outcome: Message = Result(id=command.id, value=plain(work(job)))
             except BaseException as exc:  # noqa: BLE001 - every outcome must produce one final reply
-                if controls_before is not None:
+                # An error that says the job's effect stays in force (e.g. done but not saved) keeps the controls.
+                if controls_before is not None and not getattr(exc, "in_force", False):
                     self._restore_controls(command.name, controls_before)
                 if on_failure is not None:
                     try:
@@ -171,7 +172,7 @@ class CommandRouter:
     def _restore_controls(self, job_name: str, controls: dict) -> None:
         camera = self.context.camera
         try:
-            camera.set_controls(controls)
+            camera.restore_controls(controls)
             log.info("controls restored after %s stopped: %s", job_name, controls)
         except Exception:
             log.exception("restoring controls after %s failed", job_name)
@@ -201,10 +202,14 @@ class CommandRouter:
         }
 
     def _get_controls(self, command: Command, reply: Reply) -> dict:
+        """`controls`: the requested set (what the camera is asked to keep); `in_force`: the values of the
+        latest frame's metadata (what it really did), with that frame's SensorTimestamp."""
         camera = self.context.camera
         metadata = self.context.pipeline.last_metadata
-        in_force = {k: metadata[k] for k in ("ExposureTime", "AnalogueGain", "ColourGains", "DigitalGain") if k in metadata}
-        return {"controls": camera.controls(), "in_force": in_force, "ranges": camera.control_ranges()}
+        value = {"controls": camera.controls(), "in_force": in_force(metadata), "ranges": camera.control_ranges()}
+        if "SensorTimestamp" in metadata:
+            value["in_force_frame_ns"] = metadata["SensorTimestamp"]
+        return value
 
     def _set_controls(self, command: Command, reply: Reply) -> dict:
         self.context.lease.check_free()
