@@ -228,6 +228,17 @@ def agent(tmp_path_factory, context):
         process.stop()
 
 
+@pytest.fixture(scope="module")
+def white_agent(tmp_path_factory, context):
+    """An agent whose camera looks at a uniform white target, as a flat-field calibration needs."""
+    process = AgentProcess(tmp_path_factory.mktemp("white"), "--scene", "white")
+    try:
+        process.wait_ready(lambda a: Peer(context, a.endpoint))
+        yield process
+    finally:
+        process.stop()
+
+
 @pytest.fixture
 def peer(agent, context):
     """peer() -> a new connection to the module's agent; all closed after the test."""
@@ -570,8 +581,8 @@ def test_cancel_of_a_command_that_is_not_running_answers_an_empty_list(peer):
     assert viewer.result("cancel")["cancelled"] == []
 
 
-def test_calibrate_progress_busy_cancel_and_result(peer):
-    viewer, other = peer(), peer()
+def test_calibrate_progress_busy_cancel_and_result(white_agent, context):
+    viewer, other = Peer(context, white_agent.endpoint), Peer(context, white_agent.endpoint)
     viewer.hello(credit=0)
     other.hello(credit=0)
     viewer.send("command", id="cal-1", name="calibrate", args={"what": "all"})
@@ -611,17 +622,21 @@ def test_calibrate_progress_busy_cancel_and_result(peer):
     assert viewer.result("status")["calibration"]["in_force"] is True
     cleared = viewer.result("clear_calibration")
     assert cleared["cleared"] is True and type(cleared["state_file_removed"]) is bool
+    viewer.close()
+    other.close()
 
 
-def test_calibration_that_cannot_reach_its_target_fails_with_the_partial_result(peer):
+def test_a_calibration_that_cannot_reach_its_goal_fails(peer):
     viewer = peer()
     viewer.hello(credit=0)
+    before = viewer.result("status")["calibration"]
     # The chart's brightest patch cannot reach a level this close to white within the measurements
     # allowed at this tolerance: the spec says `failed` with the partial result in detail.
     reply = viewer.command("calibrate", timeout=60, what="exposure", target=1022.5, tolerance=0.0001)
     viewer.result("set_controls", controls={"AeEnable": True, "AwbEnable": True})
     assert reply["t"] == "error" and reply["code"] == "failed", reply
     assert "exposure" in reply["detail"] and reply["detail"]["exposure"]["converged"] is False
+    assert viewer.result("status")["calibration"] == before, "a failed calibration changes nothing"
 
 
 def test_snapshot_of_the_stream_and_a_full_resolution_still(peer, agent):
