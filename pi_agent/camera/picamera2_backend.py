@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .base import CameraBackend, CameraError, CapturedFrame, LensShadingTable
+from .requested import merge_requested
 from .raw_unpack import RawFormatError, parse_raw_format, unpack_raw
 from .sensors import SENSORS, SensorInfo, SensorMode, _mode
 from .tuning import TuningError, grid_for_target, target_of, with_lens_shading
@@ -472,7 +473,11 @@ class Picamera2Camera(CameraBackend):
                 self._cam.set_controls(checked)
             except RuntimeError as exc:
                 raise ValueError(f"the camera refused the controls: {exc}") from exc
-            self._requested.update(checked)
+            self._requested = merge_requested(self._requested, checked)
+
+    def _replace_requested(self, target: dict[str, Any]) -> None:
+        with self._lock:
+            self._requested = dict(target)
 
     # ================================================================ lens shading
     @property

@@ -29,6 +29,7 @@ from .base import CameraBackend, CameraError, CapturedFrame, LensShadingTable
 from .isp import Isp, bayer_channel_index
 from .limits import check_stream_request, native_crop
 from .scene import SCENES, Scene, illuminant_rgb, neutral_colour_gains
+from .requested import merge_requested
 from .sensors import SensorInfo, SensorMode, get_sensor
 
 logger = logging.getLogger(__name__)
@@ -359,18 +360,23 @@ class SimulatedCamera(CameraBackend):
         frames after the next frame (set before start(): from the first frame), ISP controls from the next.
 
         Precisely: if frame s is the next to be produced, ExposureTime shows in the metadata of frame
-        s + exposure_delay (frames s … s + delay − 1 still show the old value)."""
+        s + exposure_delay (frames s … s + delay − 1 still show the old value).
+
+        Order within one request, as libcamera ≥ 0.5 with picamera2 does it (control_ids_core.yaml,
+        src/ipa/rpi/common/ipa_base.cpp applyControls; picamera2/request.py sends ExposureTimeMode /
+        AnalogueGainMode Manual with every non-zero ExposureTime / AnalogueGain): AeEnable / AwbEnable set the
+        modes first, then an explicit non-zero ExposureTime, AnalogueGain or ColourGains in the same request
+        wins, whatever the dict order. The requested set follows `requested.merge_requested`."""
         self._ensure_configured()
         valid = self._validate(controls)  # all or nothing: a bad control changes nothing
         with self._ctl_lock:
             s = self._sensor
+            if "AeEnable" in valid:
+                self._ae_exposure = self._ae_gain = valid["AeEnable"]
+            if "AwbEnable" in valid:
+                self._awb = valid["AwbEnable"]
             for name, v in valid.items():
-                self._requested[name] = v if name != "FrameDurationLimits" else tuple(int(x) for x in v)
-                if name == "AeEnable":
-                    self._ae_exposure = self._ae_gain = v
-                elif name == "AwbEnable":
-                    self._awb = v
-                elif name == "ExposureTime":
+                if name == "ExposureTime":
                     self._ae_exposure = v == 0
                     if v > 0:
                         self._queue("exp", s.exposure_lines(v, self._mode), s.exposure_delay)
@@ -385,6 +391,12 @@ class SimulatedCamera(CameraBackend):
                 elif name == "FrameDurationLimits":
                     self._limits = v
                     self._queue("fdl", v, s.vblank_delay)
+            requested = {k: (tuple(int(x) for x in v) if k == "FrameDurationLimits" else v) for k, v in valid.items()}
+            self._requested = merge_requested(self._requested, requested)
+
+    def _replace_requested(self, target: dict[str, Any]) -> None:
+        with self._ctl_lock:
+            self._requested = dict(target)
 
     def _queue(self, kind: str, value: Any, delay: int) -> None:
         effective = self._seq + (delay if self._started else 0)
@@ -610,6 +622,14 @@ class SimulatedCamera(CameraBackend):
         return CapturedFrame(main=main, raw=raw, metadata=metadata, sequence=seq, bayer_order=s.bayer_order,
                              bit_depth=m.bit_depth, black_level=black,
                              extra={"sim_time": sim_time, "still": True, "still_index": index})
+
+    def expose(self, mode: SensorMode, exposure_us: float, gain: float, sim_time: float,
+               rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """The sensor alone, for the simulated libcamera under tests/fakes: the raw mosaic (uint16 (h, w), this
+        simulator's upright Bayer order) of one frame of `mode` exposed `exposure_us` at analogue `gain`, the
+        scene at `sim_time` s, noise from `rng`; returns (raw, black level at the mode's depth). No ISP, no IPA:
+        those are the double's own."""
+        return self._render_still(mode, exposure_us, gain, sim_time, rng)
 
     def _render_still(self, m: SensorMode, t_us: float, gain: float, sim_time: float,
                       rng: np.random.Generator) -> tuple[np.ndarray, int]:
