@@ -16,8 +16,40 @@ from .calibration import WHAT, calibration_summary, progress_line, start_calibra
 from .client import AgentClient, BadFrame, CommandFailed
 from .report import save_report
 from .session import ViewingSession
+from .stopping import StopRequest
 
 log = logging.getLogger("host_viewer")
+
+MAX_CREDIT = 8  # the agent holds a viewer's credit to at most 8 frames in flight (pi_agent/server.py)
+
+
+def _number(kind, low, *, above: bool = False, high=None, what: str = ""):
+    """An argparse type: `kind` (int or float) ≥ `low` (> `low` when `above`) and ≤ `high` when given."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if value != value or (value <= low if above else value < low) or (high is not None and value > high):
+            bound = f"more than {low:g}" if above else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"{text} must be {bound}{f' and at most {high:g}' if high else ''}"
+                                             f"{f' ({what})' if what else ''}")
+        return value
+    return parse
+
+
+def overlay_list(text: str) -> list[str]:
+    """--overlays: names from OVERLAY_NAMES, 'all' or 'none'; anything else is refused with the list."""
+    from .overlays import OVERLAY_NAMES
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [n for n in names if n not in OVERLAY_NAMES and n != "all"]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown overlay {', '.join(map(repr, unknown)) or repr(text)}: choose from "
+                                         f"{', '.join(OVERLAY_NAMES)}, 'all' or 'none'")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,10 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="agent address(es), e.g. raspberrypi.local:5555; several are tiled in one window; "
                         "none: find agents on the local network (mDNS)")
     p.add_argument("--headless", action="store_true", help="no window: receive, decode and summarise")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--duration", type=_number(float, 0), default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--frames", type=_number(int, 1), default=None, metavar="N",
+                   help="stop after N frames shown (decoded; recorded too with --record)")
     p.add_argument("--summary-json", metavar="FILE", help="write a JSON summary at exit ('-' for stdout)")
-    p.add_argument("--credit", type=int, default=2, help="frames in flight (flow control), default 2")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="give up if no agent answers")
+    p.add_argument("--credit", type=_number(int, 1, high=MAX_CREDIT, what="frames in flight"), default=2,
+                   help=f"frames in flight (flow control), 1 to {MAX_CREDIT}, default 2")
+    p.add_argument("--connect-timeout", type=_number(float, 0, above=True), default=10.0, metavar="S", help="give up if no agent answers")
     p.add_argument("--calibrate", choices=sorted(WHAT), metavar="WHAT",
                    help="calibrate on the agent first: exposure, white-balance, lens-shading or all")
     p.add_argument("--target", type=float, default=None, help="exposure target white level (raw, pedestal included)")
@@ -37,11 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot", metavar="DIR", help="take one full-resolution snapshot (JPEG + DNG + JSON) into DIR")
     p.add_argument("--record", metavar="FILE.mkv", help="record the received JPEG frames (no re-encoding) to FILE")
     p.add_argument("--save-dir", metavar="DIR", default=".", help="where the s and r keys save files (default .)")
-    p.add_argument("--overlays", default="stats,controls,histogram,progress,connection", metavar="LIST",
+    p.add_argument("--overlays", type=overlay_list, default="stats,controls,histogram,progress,connection",
+                   metavar="LIST",
                    help="overlays on at start: comma list of stats, controls, histogram, progress, connection; "
                         "'all' or 'none'")
     p.add_argument("--list", action="store_true", help="list the agents found on the local network and exit")
-    p.add_argument("--discover-timeout", type=float, default=2.0, metavar="S", help="how long to browse (mDNS)")
+    p.add_argument("--discover-timeout", type=_number(float, 0, above=True), default=2.0, metavar="S", help="how long to browse (mDNS)")
     p.add_argument("--log-level", default="WARNING")
     sec = p.add_argument_group("security (see `host-viewer keys`)")
     sec.add_argument("--agent-key", metavar="KEY", help="the agent's public key (`pi-agent keys` on the Pi); "
@@ -90,14 +126,18 @@ def trust_main(argv: list[str]) -> int:
 
 
 def run_headless(client: AgentClient, duration: float | None, recorder=None,
-                 session: ViewingSession | None = None) -> ViewingSession:
-    """Receive, decode and measure (and record, if `recorder`) until `duration` has passed."""
+                 session: ViewingSession | None = None, stop: StopRequest | None = None,
+                 frames: int | None = None) -> ViewingSession:
+    """Receive, decode and measure (and record, if `recorder`) until `duration` has passed, `frames` frames
+    were decoded in this call, or `stop` is set."""
     session = session or ViewingSession(client)
     end = time.monotonic() + duration if duration is not None else float("inf")
+    goal = session.frames + frames if frames is not None else None
     last = None
-    while time.monotonic() < end:
+    while (time.monotonic() < end and not (stop is not None and stop.is_set())
+           and (goal is None or session.frames < goal)):
         try:
-            frame = client.wait_frame(timeout=min(0.5, max(0.01, end - time.monotonic())), newer_than=last)
+            frame = client.wait_frame(timeout=min(0.2, max(0.01, end - time.monotonic())), newer_than=last)
         except TimeoutError:
             continue
         last = frame.sequence
@@ -112,30 +152,85 @@ def run_headless(client: AgentClient, duration: float | None, recorder=None,
     return session
 
 
-def run_calibration(client: AgentClient, args, session: ViewingSession) -> tuple[dict | None, str | None]:
+CANCEL_WAIT_S = 10.0  # how long to wait for the agent to confirm a cancel (it restores the camera first)
+
+
+def run_calibration(client: AgentClient, args, session: ViewingSession,
+                    stop: StopRequest | None = None) -> tuple[dict | None, str | None]:
     """Run `calibrate` while receiving frames (the stream goes on); progress lines go to stderr.
-    Returns (result value, None) or (partial result or None, error sentence)."""
+    Returns (result value, None) or (partial result or None, error sentence). When `stop` is set (Ctrl-C,
+    SIGTERM) the calibration is cancelled on the agent, which keeps the calibration it had, and this waits
+    for the agent's final reply before returning."""
     pending = start_calibration(client, args.calibrate, target=args.target,
                                 on_progress=lambda p: print(progress_line(p), file=sys.stderr, flush=True))
     last = None
     while not pending.future.done():
+        if stop is not None and stop.is_set():
+            print(f"host-viewer: {stop.signal_name}: cancelling the calibration on the agent", file=sys.stderr)
+            client.send_command("cancel", {"id": pending.id}, ttl=CANCEL_WAIT_S)
+            try:
+                pending.future.exception(timeout=CANCEL_WAIT_S)
+            except TimeoutError:
+                return None, (f"cancelled: no confirmation from the agent within {CANCEL_WAIT_S:g} s; "
+                              f"it cancels the calibration when it notices the viewer left")
+            break
         try:
             frame = client.wait_frame(timeout=0.2, newer_than=last)
         except TimeoutError:
             continue
         last = frame.sequence
-        session.record(frame, frame.decode())
+        try:
+            session.record(frame, frame.decode())
+        except BadFrame as exc:
+            log.warning("%s", exc)
     try:
         return pending.future.result(), None
     except CommandFailed as exc:
         return (exc.detail or None), f"{exc.code}: {exc.message}"
 
 
-def take_snapshot(client: AgentClient, directory: str) -> dict:
+def wait_for_agent(client: AgentClient, timeout: float, stop: StopRequest | None = None) -> str | None:
+    """Wait for the agent's welcome; None when connected, else the sentence saying why not. A refusal by the
+    agent ends the wait at once; what the connection says meanwhile (connection refused, a port that does
+    not speak ZeroMQ) is printed once as soon as it is known, and the wait goes on (an agent may be starting)."""
+    deadline = time.monotonic() + timeout
+    reported = ""
+    while True:
+        try:
+            client.wait_connected(min(0.05, max(0.0, deadline - time.monotonic())))
+            return None
+        except TimeoutError:
+            pass
+        connection = client.connection
+        if connection.state == "refused":
+            return f"refused by {client.address}: {connection.detail}: {connection.hint}"
+        if connection.detail and connection.detail != reported:
+            reported = connection.detail
+            print(f"host-viewer: {client.address}: {connection.detail}: {connection.hint} (waiting up to "
+                  f"{timeout:g} s)", file=sys.stderr, flush=True)
+        if stop is not None and stop.is_set():
+            return f"{stop.signal_name} while connecting to {client.address}"
+        if time.monotonic() >= deadline:
+            return (f"no agent answered at {client.address} within {timeout:g} s "
+                    f"({connection.text}; is pi-agent running there?)")
+
+
+def take_snapshot(client: AgentClient, directory: str, stop: StopRequest | None = None) -> dict:
     """Ask the agent for a snapshot and save it; returns the saved files and the frame facts."""
     from .snapshot import save_snapshot
 
-    value = client.command("snapshot", {}, timeout=15.0)
+    pending = client.send_command("snapshot", {}, ttl=15.0)
+    deadline = time.monotonic() + 16.0
+    while not pending.future.done():
+        if stop is not None and stop.is_set():
+            raise CommandFailed("cancelled", f"{stop.signal_name} before the snapshot arrived")
+        if time.monotonic() > deadline:
+            raise CommandFailed("timeout", "no reply to snapshot within 15 s")
+        try:
+            pending.future.exception(timeout=0.1)
+        except TimeoutError:
+            pass
+    value = pending.future.result()
     welcome = client.welcome
     files = save_snapshot(value, directory, agent=welcome.agent if welcome else None,
                           model=(welcome.sensor.get("model") if welcome else None) or "camera")
@@ -175,12 +270,15 @@ def find_address(args) -> str | None:
     return chosen.address if chosen else None
 
 
-def parse_overlays(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    return [] if names == ["none"] else names
-
-
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C while waiting for a clean exit
+        print("host-viewer: interrupted", file=sys.stderr)
+        return 130
+
+
+def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["keys"]:  # subcommands; anything else is HOST:PORT and options
         return keys_main(argv[1:])
@@ -218,59 +316,52 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict = {}
     calibration = failure = None
     with ExitStack() as stack:
+        stop = stack.enter_context(StopRequest())
         for client in clients:
             stack.enter_context(client)
-        for client in clients:
-            try:
-                client.wait_connected(args.connect_timeout)
-            except TimeoutError:
-                if client.state == "refused":
-                    print(f"host-viewer: refused by {client.address}: {client.state_detail}: {client.state_hint}",
-                          file=sys.stderr)
-                    return 1
-                print(f"host-viewer: no agent answered at {client.address} within {args.connect_timeout:g} s "
-                      f"(is pi-agent running there?)", file=sys.stderr)
-                return 1
-        client = clients[0]
         if args.headless:
+            problem = wait_for_agent(clients[0], args.connect_timeout, stop)
+            if problem is not None:
+                print(f"host-viewer: {problem}", file=sys.stderr)
+                return 130 if stop.is_set() else 1
+            client = clients[0]
             session = ViewingSession(client)
+            summary_snapshot = None
             if args.calibrate:
-                calibration, failure = run_calibration(client, args, session)
+                calibration, failure = run_calibration(client, args, session, stop)
                 if failure:
                     print(f"host-viewer: calibration failed: {failure}", file=sys.stderr)
-            if args.snapshot:
+            if args.snapshot and not stop.is_set():
                 try:
-                    summary_snapshot = take_snapshot(client, args.snapshot)
+                    summary_snapshot = take_snapshot(client, args.snapshot, stop)
                 except (CommandFailed, OSError) as exc:
                     print(f"host-viewer: snapshot failed: {exc}", file=sys.stderr)
                     return 1
             recorder = None
-            if args.record:
+            if args.record and not stop.is_set():
                 from .recording import Recorder, RecordingError
 
                 try:
                     recorder = Recorder(args.record, fps_hint=float(client.welcome.stream.get("fps") or 30) or 30.0)
-                except RecordingError as exc:
-                    print(f"host-viewer: {exc}", file=sys.stderr)
+                except (RecordingError, OSError) as exc:
+                    print(f"host-viewer: cannot record: {exc}", file=sys.stderr)
                     return 2
             duration = args.duration
-            if duration is None and (args.snapshot or args.calibrate) and not args.record:
+            if duration is None and args.frames is None and (args.snapshot or args.calibrate) and not args.record:
                 duration = 0.0  # a snapshot or a calibration alone: done
             try:
-                run_headless(client, duration, recorder, session)
-            except KeyboardInterrupt:
-                pass
+                run_headless(client, duration, recorder, session, stop, frames=args.frames)
             finally:
                 if recorder is not None:
                     summary["recording"] = recorder.close().as_dict()
             summary = {**session.summary(), **summary}
-            if args.snapshot:
+            if summary_snapshot is not None:
                 summary["snapshot"] = summary_snapshot
         else:
             from .app import ViewerApp
             from .calibration_ui import CalibrationKeys
 
-            app = ViewerApp(clients, save_dir=args.snapshot or args.save_dir, overlays=parse_overlays(args.overlays))
+            app = ViewerApp(clients, save_dir=args.snapshot or args.save_dir, overlays=args.overlays)
             keys = CalibrationKeys(report_dir=args.report)
             keys.install(app)
             if args.calibrate:
@@ -279,11 +370,13 @@ def main(argv: list[str] | None = None) -> int:
                 app.tile.start_recording(Path(args.record))
             if args.snapshot:
                 app.tile.snapshot()
-            session = app.run(args.duration)
+            session = app.run(args.duration, stop=stop, frames=args.frames)
             summary = session.summary()
             summary["cameras"] = [tile.session.summary() for tile in app.tiles] if len(app.tiles) > 1 else None
             summary["snapshots"] = [s for tile in app.tiles for s in tile.snapshots]
             calibration = keys.last_result
+        if stop.is_set():
+            summary["stopped_by"] = stop.signal_name
     if calibration:
         summary["calibration"] = calibration_summary(calibration)
         if args.report and "lens_shading" in calibration and "luminance" in calibration["lens_shading"]:
@@ -292,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary_json:
         write_summary(summary, args.summary_json)
     if failure:
-        return 1
+        return 130 if "cancelled" in failure else 1
     if calibration and any(part.get("converged") is False for part in calibration.values() if isinstance(part, dict)):
         return 1
     return 0

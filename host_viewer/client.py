@@ -36,12 +36,22 @@ from protocol import (
 )
 from protocol.limits import MAX_MESSAGE_SIZE
 
+from .api import TypedCommands
 from .credit import CreditGovernor
+from .errors import CommandFailed, command_error  # noqa: F401  (CommandFailed: the base of every command error)
+from .shared import ConnectionState, RecentItems
 
 log = logging.getLogger(__name__)
 
 MONITORED_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                    | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED)
+# What the TCP connection says before any ZeroMQ handshake (the state's detail while connecting): nothing
+# listens (the connect was refused and is being retried), or something listens that does not greet as ZMTP
+# within NOT_ZMTP_AFTER_S of accepting us (measured on loopback: an agent greets in about a millisecond).
+CONNECTION_REFUSED = "connection refused"
+NOT_ZMTP = "no ZeroMQ greeting"
+NOT_ZMTP_AFTER_S = 1.0
 
 CLIENT_NAME = "host-viewer 0.1.0"
 _MONITOR_IDS = itertools.count(1)
@@ -55,19 +65,12 @@ class BadFrame(ValueError):
     """A frame's JPEG could not be decoded (a corrupt or hostile frame): skip it, the stream goes on."""
 
 
-class CommandFailed(Exception):
-    """The agent answered a command with an error (or it could not be delivered / timed out)."""
-
-    def __init__(self, code: str, message: str, detail: dict | None = None):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.detail = detail or {}
-
-
-@dataclass
+@dataclass(frozen=True)
 class ReceivedFrame:
-    """A frame as received: JPEG bytes (decode on demand), metadata and raw statistics of its request."""
+    """A frame as received: JPEG bytes (decode on demand), metadata and raw statistics of its request.
+
+    Made by the I/O thread and handed to the application whole (frozen; its metadata and stats dicts are
+    never changed after it is published), so both threads may read it without a lock."""
 
     sequence: int
     capture_ns: int  # agent clock
@@ -124,8 +127,11 @@ def _call_back(callback: Callable | None, message, what: str) -> None:
         log.exception("%s callback failed", what)
 
 
-class AgentClient:
-    """A connection to one agent. Thread-safe for the application; one internal I/O thread."""
+class AgentClient(TypedCommands):
+    """A connection to one agent. Thread-safe for the application; one internal I/O thread.
+
+    Typed commands (set_controls, get_controls, calibrate, snapshot, status) and the `frames()` iterator come
+    from TypedCommands; `command()` sends any command by name."""
 
     def __init__(self, address: str, *, credit: int = 2, context: zmq.Context | None = None,
                  silence_timeout: float = 1.5, ping_interval: float = 0.5, security=None,
@@ -158,17 +164,18 @@ class AgentClient:
         self._thread: threading.Thread | None = None
         self.clock = ClockOffset()
         self.welcome: Welcome | None = None
-        self.state = "connecting"  # connecting, connected, reconnecting, refused, closed
-        self.state_detail = ""  # why, when refused: "not authorised", "agent key mismatch", ...
-        self.state_hint = ""  # the sentence telling the user what to do about it
-        self.events: deque[Event] = deque(maxlen=100)
-        self.errors: deque[Error] = deque(maxlen=100)
+        # Shared with the application thread (issue 16 audit): the connection state is one immutable value
+        # replaced whole; events and errors are snapshot containers; counters are ints written only here.
+        self.connection = ConnectionState(since=time.monotonic())
+        self.events: RecentItems[Event] = RecentItems(maxlen=100)
+        self.errors: RecentItems[Error] = RecentItems(maxlen=100)
         self.frames_received = 0
         self.frames_dropped = 0  # gaps in the agent's frame numbers (frames not sent to us)
         self.bytes_received = 0
         self.reconnects = 0
         self._last_sequence: int | None = None
         self._welcome_event = threading.Event()
+        self._tcp_connected_at: float | None = None  # TCP up, ZeroMQ handshake not yet done (I/O thread only)
         self._pings_sent: deque[int] = deque(maxlen=16)  # t0 of recent pings, to match pongs
 
     # lifecycle ---------------------------------------------------------------------------------------
@@ -194,7 +201,7 @@ class AgentClient:
             self._pending.clear()
         for p in pending:
             if not p.future.done():
-                p.future.set_exception(CommandFailed("closed", "the client was closed before a reply came"))
+                p.future.set_exception(command_error("closed", "the client was closed before a reply came"))
 
     def __enter__(self) -> "AgentClient":
         return self.start()
@@ -205,7 +212,30 @@ class AgentClient:
     @property
     def status_text(self) -> str:
         """The connection state as the window shows it, e.g. "reconnecting" or "refused: not authorised"."""
-        return f"{self.state}: {self.state_detail}" if self.state_detail else self.state
+        return self.connection.text
+
+    def _set_state(self, state: str, detail: str = "", hint: str = "") -> None:
+        """Replace the connection state in one assignment (readers on other threads see old or new, whole)."""
+        current = self.connection
+        if (state, detail, hint) != (current.state, current.detail, current.hint):
+            since = current.since if (state, detail) == (current.state, current.detail) else time.monotonic()
+            self.connection = ConnectionState(state, detail, hint, since)
+
+    @property
+    def state(self) -> str:
+        return self.connection.state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._set_state(value)
+
+    @property
+    def state_detail(self) -> str:
+        return self.connection.detail
+
+    @property
+    def state_hint(self) -> str:
+        return self.connection.hint
 
     def wait_connected(self, timeout: float = 5.0) -> Welcome:
         if not self._welcome_event.wait(timeout):
@@ -240,7 +270,7 @@ class AgentClient:
         command = Command(id=command_id, name=name, args=args or {}, expires_ns=expires)
         problem = self._unsendable(command)
         if problem is not None:
-            pending.future.set_exception(CommandFailed(*problem))
+            pending.future.set_exception(command_error(*problem))
             return pending
         with self._lock:
             self._pending[command_id] = pending
@@ -275,7 +305,7 @@ class AgentClient:
         try:
             return pending.future.result(timeout=timeout + 1.0)
         except TimeoutError:
-            raise CommandFailed("timeout", f"no reply to {name} within {timeout} s") from None
+            raise command_error("timeout", f"no reply to {name} within {timeout} s") from None
         finally:
             with self._lock:
                 self._pending.pop(pending.id, None)
@@ -321,9 +351,20 @@ class AgentClient:
             except zmq.ZMQError:
                 return
             kind, value = event["event"], event["value"]
+            if kind == zmq.EVENT_CONNECTED:
+                self._tcp_connected_at = time.monotonic()
+                continue
+            if kind == zmq.EVENT_CONNECT_RETRIED:
+                self._tcp_connected_at = None
+                if self.state in ("connecting", "reconnecting") and self.state_detail != CONNECTION_REFUSED:
+                    self._set_state(self.state, CONNECTION_REFUSED,
+                                    f"nothing accepts connections at {self.address}: is pi-agent running there, "
+                                    f"listening on that port (pi-agent --listen 0.0.0.0:PORT for the network)?")
+                continue
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._tcp_connected_at = None
                 if self.state == "refused":
-                    self.state, self.state_detail, self.state_hint = "connecting", "", ""
+                    self._set_state("connecting")
                 continue
             if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 detail = "not authorised"
@@ -355,9 +396,10 @@ class AgentClient:
                             f"--agent-key or known_agents; {_BEHIND_A_TUNNEL}")
             else:
                 continue
+            self._tcp_connected_at = None
             if self.state != "refused" or self.state_detail != detail:
-                log.warning("%s", hint)
-            self.state, self.state_detail, self.state_hint = "refused", detail, hint
+                log.info("%s", hint)  # the state carries it; the window and the CLI show it once
+            self._set_state("refused", detail, hint)
 
     def _run(self) -> None:
         sock = self._make_socket()
@@ -411,12 +453,14 @@ class AgentClient:
                         except zmq.Again:
                             break
                         self._handle(sock, data)
+                self._check_greeting()
                 if time.monotonic() - last_heard > self._silence_timeout:
                     # Nothing heard: the agent died or restarted. A fresh socket and a new hello.
                     if self.state == "connected":
                         log.info("agent %s silent for %.1f s; reconnecting", self.address, self._silence_timeout)
                     if self.state != "refused":  # keep saying why until an agent takes us
-                        self.state = "reconnecting" if self.welcome is not None else "connecting"
+                        self._set_state("reconnecting" if self.welcome is not None else "connecting",
+                                        self.state_detail, self.state_hint)
                     self.reconnects += 1
                     poller.unregister(sock)
                     poller.unregister(monitor)
@@ -427,12 +471,23 @@ class AgentClient:
                     poller.register(monitor, zmq.POLLIN)
                     last_heard = time.monotonic()
                     next_hello = 0.0
+                    self._tcp_connected_at = None
         finally:
             try:
                 sock.send(self._sequencer.encode(Bye(reason="viewer closing")), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             self._close_socket(sock, monitor)
+
+    def _check_greeting(self) -> None:
+        """A TCP peer that accepted us but has not completed a ZeroMQ handshake after NOT_ZMTP_AFTER_S is not
+        a picamlink agent (an SSH or web server, a wrong port): say so while retrying."""
+        since = self._tcp_connected_at
+        if (since is not None and time.monotonic() - since > NOT_ZMTP_AFTER_S
+                and self.state in ("connecting", "reconnecting") and self.state_detail != NOT_ZMTP):
+            self._set_state(self.state, NOT_ZMTP,
+                            f"something at {self.address} accepted the connection but did not answer as a ZeroMQ "
+                            f"peer within {NOT_ZMTP_AFTER_S:g} s: is this pi-agent's port?")
 
     @staticmethod
     def _close_socket(sock: zmq.Socket, monitor: zmq.Socket) -> None:
@@ -488,8 +543,7 @@ class AgentClient:
             fps = message.stream.get("fps") if isinstance(message.stream, dict) else None
             valid = isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps < 10_000
             self._frame_period_ms = 1000.0 / fps if valid else None  # free-running (0): no adaptation
-            self.state = "connected"
-            self.state_detail = self.state_hint = ""
+            self._set_state("connected")
             self._welcome_event.set()
             self._ping(sock)
         elif isinstance(message, Result):
@@ -498,8 +552,7 @@ class AgentClient:
             if message.code == ErrorCode.NO_SESSION:
                 self.state = "reconnecting"  # agent restarted: hello again at once
             elif message.code == ErrorCode.VERSION:
-                self.state = "refused"
-                self.state_detail = message.message
+                self._set_state("refused", message.message)
             if message.id is None:
                 self.errors.append(message)
             else:
@@ -549,10 +602,10 @@ class AgentClient:
         if error is None:
             pending.future.set_result(value)
         else:
-            pending.future.set_exception(CommandFailed(error.code, error.message, error.detail))
+            pending.future.set_exception(command_error(error.code, error.message, error.detail))
 
     def _fail(self, command_id: int, code: str, message: str) -> None:
         with self._lock:
             pending = self._pending.pop(command_id, None)
         if pending is not None and not pending.future.done():
-            pending.future.set_exception(CommandFailed(code, message))
+            pending.future.set_exception(command_error(code, message))

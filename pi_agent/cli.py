@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -14,6 +15,8 @@ from .camera.factory import CAMERA_CHOICES, check_camera_kind, make_camera
 from .state import DEFAULT_STATE_DIR, StateStore
 
 log = logging.getLogger("pi_agent")
+
+EXIT_THREAD_DIED = 3  # a thread the agent needs ended (see pi_agent/watchdog.py)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -93,7 +96,7 @@ def build_authorize_parser() -> argparse.ArgumentParser:
 
 
 def keys_main(argv: list[str]) -> int:
-    from .security import authorized_keys, create_or_load_keys
+    from .security import create_or_load_keys, read_allowlist
 
     args = build_keys_parser().parse_args(argv)
     try:
@@ -101,7 +104,8 @@ def keys_main(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         print(f"pi-agent keys: {exc}", file=sys.stderr)
         return 1
-    allowed = authorized_keys(args.config_dir)
+    allowlist = read_allowlist(args.config_dir)
+    allowed = allowlist.allowed
     print(keys.public)
     print(f"# {'created' if created else 'the agent key in'} {keys.directory} (secret: agent.key_secret, 0600)",
           file=sys.stderr)
@@ -109,11 +113,13 @@ def keys_main(argv: list[str]) -> int:
     print(f"# {len(allowed)} authorised viewer(s) in {keys.authorized_dir}"
           + (f": {', '.join(sorted(allowed.values()))}" if allowed else "; add one with `pi-agent authorize KEY`"),
           file=sys.stderr)
+    for path, reason in sorted(allowlist.refused.items()):
+        print(f"# REFUSED {path}: {reason}", file=sys.stderr)
     return 0
 
 
 def authorize_main(argv: list[str]) -> int:
-    from .security import authorize
+    from .security import authorize, read_allowlist
 
     args = build_authorize_parser().parse_args(argv)
     try:
@@ -122,6 +128,8 @@ def authorize_main(argv: list[str]) -> int:
         print(f"pi-agent authorize: {exc}", file=sys.stderr)
         return 2
     print(f"{'authorised' if added else 'already authorised'}: {key} ({path}); takes effect at its next connection")
+    for refused, reason in sorted(read_allowlist(args.config_dir).refused.items()):
+        print(f"pi-agent authorize: note: {refused} is REFUSED: {reason}", file=sys.stderr)
     return 0
 
 
@@ -140,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     from .security import InsecureListen, server_security
 
     if args.clear_calibration:
-        removed = StateStore(args.state_dir).clear()
+        try:
+            removed = StateStore(args.state_dir).clear()
+        except OSError as exc:
+            print(f"pi-agent: --clear-calibration: cannot remove the saved calibration: {exc}", file=sys.stderr)
+            return 2
         log.info("calibration %s", f"cleared from {args.state_dir}" if removed else "was not saved; nothing to clear")
     try:
         security = server_security(args.listen, secure=args.secure, insecure=args.insecure,
@@ -152,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         camera = make_camera(args.camera, sensor=args.sensor, scene=args.scene,
                              colour_temperature=args.colour_temperature, seed=args.seed)
         limit_opencv_threads(camera)
+        stop = threading.Event()
+        fatal: list[str] = []
         agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality,
-                      state_dir=args.state_dir, name=args.name, announce=not args.no_announce, security=security)
+                      state_dir=args.state_dir, name=args.name, announce=not args.no_announce, security=security,
+                      on_fatal=lambda reason: (fatal.append(reason), stop.set()))
         port = agent.start()
     except (ValueError, RuntimeError) as exc:
         print(f"pi-agent: {exc}", file=sys.stderr)
@@ -161,10 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     log.info("streaming %s %dx%d at %g fps on port %d, %s (Ctrl-C to stop)",
              camera.sensor.model, args.size[0], args.size[1], args.fps, port,
              f"encrypted, agent key {security.keys.public}" if security else "plain text")
-    stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(1.0):  # wakes for signals on every platform
+        pass
+    if fatal:
+        # A thread the agent needs is dead: exit non-zero so that the service manager restarts it. The stop
+        # is bounded (threads are joined with timeouts); os._exit skips waiting on anything left hanging.
+        log.critical("%s; exiting with status %d so that the service restarts the agent", fatal[0], EXIT_THREAD_DIED)
+        agent.stop()
+        logging.shutdown()
+        os._exit(EXIT_THREAD_DIED)
     log.info("stopping")
     agent.stop()
     return 0

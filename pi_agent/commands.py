@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from protocol import Command, Error, ErrorCode, Message, Progress, Result
+from protocol.controls import COMMAND_ARGS
 
 from .camera.base import CameraBackend
-from .controls import validate_controls
+from .controls import in_force, validate_controls
 from .errors import CommandError
 from .pipeline import CapturePipeline
 from .wire import plain
@@ -79,6 +80,8 @@ class AgentContext:
     info: dict
     viewers: Callable[[], int] = lambda: 0
     started: float = field(default_factory=time.monotonic)
+    # (name, message, detail) -> an `event` to every viewer; set by the agent
+    events: Callable[[str, str, dict], None] = lambda name, message, detail: None
     extra: dict = field(default_factory=dict)
 
 
@@ -94,6 +97,8 @@ class CommandRouter:
         self.register("cancel", self._cancel)
 
     def register(self, name: str, handler: Callable[[Command, Reply], dict | None]) -> None:
+        """Add a command. Its accepted argument names come from protocol.controls.COMMAND_ARGS (the spec's
+        table); a name not listed there (a test's or a plug-in's command) gets its arguments unchecked."""
         self._handlers[name] = handler
 
     @property
@@ -108,6 +113,7 @@ class CommandRouter:
                         message=f"unknown command {command.name[:40]!r}; known: {', '.join(self.names)}"))
             return
         try:
+            _check_argument_names(command)
             value = handler(command, reply)
         except CommandError as exc:
             reply(Error(id=command.id, code=exc.code, message=exc.message, detail=plain(exc.detail)))
@@ -142,7 +148,8 @@ class CommandRouter:
             try:
                 outcome: Message = Result(id=command.id, value=plain(work(job)))
             except BaseException as exc:  # noqa: BLE001 - every outcome must produce one final reply
-                if controls_before is not None:
+                # An error that says the job's effect stays in force (e.g. done but not saved) keeps the controls.
+                if controls_before is not None and not getattr(exc, "in_force", False):
                     self._restore_controls(command.name, controls_before)
                 if on_failure is not None:
                     try:
@@ -165,7 +172,7 @@ class CommandRouter:
     def _restore_controls(self, job_name: str, controls: dict) -> None:
         camera = self.context.camera
         try:
-            camera.set_controls(controls)
+            camera.restore_controls(controls)
             log.info("controls restored after %s stopped: %s", job_name, controls)
         except Exception:
             log.exception("restoring controls after %s failed", job_name)
@@ -195,10 +202,14 @@ class CommandRouter:
         }
 
     def _get_controls(self, command: Command, reply: Reply) -> dict:
+        """`controls`: the requested set (what the camera is asked to keep); `in_force`: the values of the
+        latest frame's metadata (what it really did), with that frame's SensorTimestamp."""
         camera = self.context.camera
         metadata = self.context.pipeline.last_metadata
-        in_force = {k: metadata[k] for k in ("ExposureTime", "AnalogueGain", "ColourGains", "DigitalGain") if k in metadata}
-        return {"controls": camera.controls(), "in_force": in_force, "ranges": camera.control_ranges()}
+        value = {"controls": camera.controls(), "in_force": in_force(metadata), "ranges": camera.control_ranges()}
+        if "SensorTimestamp" in metadata:
+            value["in_force_frame_ns"] = metadata["SensorTimestamp"]
+        return value
 
     def _set_controls(self, command: Command, reply: Reply) -> dict:
         self.context.lease.check_free()
@@ -207,16 +218,33 @@ class CommandRouter:
             self.context.camera.set_controls(checked)
         except ValueError as exc:
             raise CommandError(ErrorCode.OUT_OF_RANGE, str(exc)) from None
-        return {"controls": self.context.camera.controls()}
+        controls = self.context.camera.controls()
+        # Requested controls are the camera's, shared by every viewer: tell the others too.
+        self.context.events("controls_changed", f"controls set: {', '.join(sorted(checked))}",
+                            {"controls": controls, "changed": sorted(checked)})
+        return {"controls": controls}
 
     def _cancel(self, command: Command, reply: Reply) -> dict:
+        """Stop the running long command with args `id`, or all of them. An id that is not running (finished
+        already, or never known) is not an error: a cancel always races the command's final reply on the
+        wire, so it answers `cancelled: []` and the command's own reply says how it ended."""
         target = command.args.get("id")
         if target is not None and (isinstance(target, bool) or not isinstance(target, (int, str))):
             raise CommandError(ErrorCode.BAD_ARGUMENT, "cancel's 'id' must be a command id (int or str), or absent")
         with self._jobs_lock:
             jobs = [self._jobs[target]] if target in self._jobs else ([] if target is not None else list(self._jobs.values()))
-        if target is not None and not jobs:
-            raise CommandError(ErrorCode.BAD_ARGUMENT, f"no running command with id {str(target)[:40]!r}")
         for job in jobs:
             job.cancelled.set()
         return {"cancelled": [job.command.id for job in jobs]}
+
+
+def _check_argument_names(command: Command) -> None:
+    """`bad_argument` for an argument name the command does not take (a misspelt option is never ignored)."""
+    allowed = COMMAND_ARGS.get(command.name)
+    if allowed is None:
+        return
+    unknown = sorted(str(name)[:40] for name in command.args if name not in allowed)
+    if unknown:
+        takes = ", ".join(sorted(allowed)) or "no arguments"
+        raise CommandError(ErrorCode.BAD_ARGUMENT, f"{command.name} does not take {', '.join(unknown)}; it takes {takes}",
+                           detail={"unknown": unknown, "accepted": sorted(allowed)})

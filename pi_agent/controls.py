@@ -10,6 +10,7 @@ from typing import Any
 
 from protocol import ErrorCode
 
+from .camera.requested import AUTO_OVERRIDES, in_force, merge_requested, restore_command  # noqa: F401 - re-exported
 from .errors import CommandError
 
 SETTABLE = ("ExposureTime", "AnalogueGain", "ColourGains", "AeEnable", "AwbEnable")
@@ -71,3 +72,4 @@ def validate_controls(requested: Any, ranges: dict[str, tuple]) -> dict[str, Any
     if "ColourGains" in checked and "AwbEnable" not in checked:
         checked["AwbEnable"] = False
     return checked
+

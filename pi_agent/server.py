@@ -12,6 +12,7 @@ Only this thread touches the socket; other threads hand it messages through a Ma
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -21,10 +22,10 @@ import zmq
 
 from protocol import (
     MAX_INBOUND_TO_AGENT, Bye, Command, Credit, Error, ErrorCode, Hello, Message, Ping, Pong, ProtocolError,
-    Sequencer, decode,
+    Sequencer, decode, encode,
 )
 from protocol.address import parse_address, tcp_endpoint
-from protocol.limits import SUPPORTED_VERSIONS
+from protocol.limits import MAX_VIEWER_MESSAGE, SUPPORTED_VERSIONS
 
 from .commands import CommandRouter
 from .mailbox import Mailbox
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_CREDIT = 8
 MAX_COMMAND_ID_LEN = 64
+BYE_LINGER_MS = 500  # how long a stopping agent waits for its `bye` messages to leave (bounded)
 
 
 @dataclass
@@ -46,6 +48,10 @@ class Session:
     frames_sent: int = 0
     user: str = ""  # the viewer's CURVE public key when encryption is on
     capabilities: list = field(default_factory=list)
+    # The session's own message numbering (1 = welcome, +1 per message to this viewer), so that a viewer
+    # sees a gap when a message to it was dropped. Frames are encoded once for all viewers and carry the
+    # camera frame number instead; `frames_sent` (echoed in each pong) lets a viewer count lost frames.
+    sequencer: Sequencer = field(default_factory=lambda: Sequencer(time.monotonic_ns))
 
 
 class AgentServer:
@@ -64,22 +70,24 @@ class AgentServer:
         self.host, self.port = parse_address(listen)
         self.router = router
         self._welcome = welcome  # () -> Welcome, the current state for a new viewer
-        # An encrypted server gets a context of its own: its ZAP authenticator binds the context-wide
-        # inproc://zeromq.zap.01, which must not collide with another one in the same process.
-        self._own_context = context is None and security is not None
+        # A context of its own unless given one: an encrypted server's ZAP authenticator binds the context-wide
+        # inproc://zeromq.zap.01, which must not collide with another one in the same process; and stopping
+        # terminates it, which waits (up to BYE_LINGER_MS) until the `bye` messages have left.
+        self._own_context = context is None
         self._ctx = context or (zmq.Context() if self._own_context else zmq.Context.instance())
         self._session_timeout = session_timeout
         self._security = security  # applies CURVE server options to the socket, or None for plain text
         self.mailbox = Mailbox()
         self.sessions: dict[bytes, Session] = {}
         self._latest: EncodedFrame | None = None
-        self._sequencer = Sequencer(time.monotonic_ns)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._bound = threading.Event()
         self._bind_error: Exception | None = None
         self.bound_port: int | None = None
-        self.counters = {"received": 0, "bad_messages": 0, "frames_sent": 0, "frames_skipped": 0}
+        # handler_errors: exceptions in handling one message or mailbox item; the thread logged it and went on
+        self.counters = {"received": 0, "bad_messages": 0, "frames_sent": 0, "frames_skipped": 0,
+                         "handler_errors": 0}
 
     # called from other threads -----------------------------------------------------------------------
     def publish(self, frame: EncodedFrame) -> None:
@@ -95,6 +103,11 @@ class AgentServer:
     @property
     def viewer_count(self) -> int:
         return len(self.sessions)
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The socket thread (for the agent's watchdog); None before `start`."""
+        return self._thread
 
     # lifecycle ---------------------------------------------------------------------------------------
     def start(self, timeout: float = 5.0) -> int:
@@ -153,20 +166,24 @@ class AgentServer:
         next_sweep = time.monotonic() + 1.0
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(250))
+                try:
+                    events = dict(poller.poll(250))
+                except zmq.ContextTerminated:
+                    log.error("the ZeroMQ context was terminated; the socket thread ends")
+                    break
                 if events.get(sock):
                     self._drain_socket(sock)
                 if events.get(self.mailbox.fileno()):
                     for item in self.mailbox.drain():
-                        self._handle_item(sock, item)
+                        self._guarded(self._handle_item, sock, item, what=f"a {item[0]!r} item")
                 now = time.monotonic()
                 if now >= next_sweep:
-                    self._forget_silent(now)
+                    self._guarded(self._forget_silent, now, what="the sweep of silent viewers")
                     next_sweep = now + 1.0
         finally:
             for identity in list(self.sessions):
                 self._send(sock, identity, Bye(reason="agent stopping"))
-            sock.close(linger=0)
+            sock.close(linger=BYE_LINGER_MS)  # the context's termination (_release) waits for them, bounded
             self.mailbox.close()
             self._release()
 
@@ -183,6 +200,12 @@ class AgentServer:
                 parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            except zmq.ContextTerminated:
+                raise
+            except zmq.ZMQError as exc:
+                self.counters["handler_errors"] += 1
+                log.warning("receiving failed: %s; the agent goes on", exc)
+                return
             self.counters["received"] += 1
             if len(parts) != 2:
                 self.counters["bad_messages"] += 1
@@ -197,11 +220,27 @@ class AgentServer:
                 user = body.get("User-Id") or ""
             except Exception:
                 pass
-            self._handle_bytes(sock, identity, body.buffer, user)
+            if not self._guarded(self._handle_bytes, sock, identity, body.buffer, user,
+                                 what=f"a message from viewer {identity.hex()}"):
+                self._send(sock, identity, Error(id=None, code=ErrorCode.INTERNAL,
+                           message="the agent failed to handle your last message (logged); it goes on serving"))
+
+    def _guarded(self, handler, *args, what: str) -> bool:
+        """Run one unit of the socket thread's work; an exception is logged and counted, never fatal to the
+        thread (it serves every other viewer). Any session may be gone afterwards. False if it raised."""
+        try:
+            handler(*args)
+            return True
+        except zmq.ContextTerminated:
+            raise
+        except Exception:
+            self.counters["handler_errors"] += 1
+            log.exception("error while handling %s; the agent goes on", what)
+            return False
 
     def _handle_bytes(self, sock: zmq.Socket, identity: bytes, data, user: str) -> None:
         try:
-            envelope = decode(data, max_size=MAX_INBOUND_TO_AGENT)
+            envelope = decode(data, max_size=MAX_VIEWER_MESSAGE)
         except ProtocolError as exc:
             self.counters["bad_messages"] += 1
             log.warning("bad message from viewer %s: %s", identity.hex()[:8], exc.message)
@@ -224,7 +263,7 @@ class AgentServer:
             session.credit = max(0, min(MAX_CREDIT, session.credit + message.n))
             self._offer_latest(sock, session)
         elif isinstance(message, Ping):
-            self._send(sock, identity, Pong(t0=message.t0, t1=time.monotonic_ns()))
+            self._send(sock, identity, Pong(t0=message.t0, t1=time.monotonic_ns(), frames_sent=session.frames_sent))
         elif isinstance(message, Command):
             self._command(identity, message)
         elif isinstance(message, Bye):
@@ -243,14 +282,19 @@ class AgentServer:
                                f"agent speaks {list(SUPPORTED_VERSIONS)}"))
             return
         credit = hello.credit if isinstance(hello.credit, int) else 2
-        self.sessions[identity] = Session(
+        welcome = self._welcome()
+        session = Session(
             identity=identity, client=hello.client[:80], credit=max(0, min(MAX_CREDIT, credit)),
             last_seen=time.monotonic(), user=user, capabilities=hello.capabilities[:32],
         )
+        self.sessions[identity] = session
         log.info("viewer %s connected (%s%s); %d viewer(s)", identity.hex()[:8], hello.client[:80],
                  f", key {user}" if user else "", len(self.sessions))
-        self._send(sock, identity, self._welcome())
-        self._offer_latest(sock, self.sessions[identity])
+        # The viewer may already have gone (hello, then close): the send forgets the session, so
+        # continue only with this very session, if it is still there.
+        # welcome.version: the highest version both sides speak
+        if self._send(sock, identity, dataclasses.replace(welcome, version=max(common))):
+            self._offer_latest(sock, session)
 
     def _command(self, identity: bytes, command: Command) -> None:
         if isinstance(command.id, str) and len(command.id) > MAX_COMMAND_ID_LEN:
@@ -282,6 +326,8 @@ class AgentServer:
         frame = self._latest
         if frame is None or session.credit <= 0 or session.sent_sequence >= frame.sequence:
             return
+        if self.sessions.get(session.identity) is not session:
+            return  # forgotten (or replaced by a new hello) since the caller looked it up
         if session.sent_sequence >= 0 and frame.sequence > session.sent_sequence + 1:
             self.counters["frames_skipped"] += frame.sequence - session.sent_sequence - 1
         if self._send_bytes(sock, session.identity, frame.payload):
@@ -291,7 +337,13 @@ class AgentServer:
             self.counters["frames_sent"] += 1
 
     def _send(self, sock: zmq.Socket, identity: bytes, message: Message) -> bool:
-        return self._send_bytes(sock, identity, self._sequencer.encode(message))
+        """Numbered in the viewer's session; a peer without one (an error before hello) gets seq 0."""
+        session = self.sessions.get(identity)
+        if session is not None:
+            data = session.sequencer.encode(message)
+        else:
+            data = encode(message, seq=0, ts=time.monotonic_ns())
+        return self._send_bytes(sock, identity, data)
 
     def _send_bytes(self, sock: zmq.Socket, identity: bytes, payload: bytes) -> bool:
         """Never blocks: an unroutable or full peer loses this message (and a vanished one its session)."""

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install Debian packages the tests need (Xvfb + xdotool for the real-window test, ffmpeg to probe
+# Install Debian packages the tests need (Xvfb + xdotool for the real-window test, openbox + wmctrl so a
+# window manager closes the window as its close button and Alt+F4 do, ffmpeg to probe
 # recordings, exiftool to read snapshot DNGs, libcap-dev + a C compiler so pip can build python-prctl for
 # picamera2),
 # when they are missing. Needs root or sudo; otherwise says which tests will be skipped.
@@ -9,6 +10,8 @@ command -v Xvfb >/dev/null 2>&1 || need+=(xvfb)
 command -v xdotool >/dev/null 2>&1 || need+=(xdotool)
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 command -v exiftool >/dev/null 2>&1 || need+=(libimage-exiftool-perl)
+command -v openbox >/dev/null 2>&1 || need+=(openbox)
+command -v wmctrl >/dev/null 2>&1 || need+=(wmctrl)
 [ -e /usr/include/sys/capability.h ] || need+=(libcap-dev)
 command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -12,7 +12,34 @@ from typing import Any
 
 import numpy as np
 
+from .requested import restore_command
 from .sensors import SensorInfo
+
+# A capture waits this long at least, plus CAPTURE_TIMEOUT_FRAMES frame periods of the longest frame that can be
+# coming: a stalled camera is declared after a few frames' time, and a long exposure is not mistaken for one.
+# Why several frames: after start() or a mode switch libcamera drops its startup frames (status not Success,
+# never delivered by picamera2), and a request already in flight may carry the previous, longer exposure.
+MIN_CAPTURE_TIMEOUT_S = 2.0
+CAPTURE_TIMEOUT_FRAMES = 4
+
+
+def capture_timeout(configuration: dict[str, Any], requested: dict[str, Any], metadata: dict[str, Any]) -> float:
+    """Seconds a capture may take before the camera counts as stalled, from the frame duration and exposure
+    in force and on their way: the last frame's FrameDuration and ExposureTime (µs, metadata), the requested
+    ExposureTime, and the shortest frame the configured FrameDurationLimits (µs) allow (the longest limit is
+    not used: free-running it is the sensor's maximum exposure, tens of seconds, not a frame that is coming).
+
+    MIN_CAPTURE_TIMEOUT_S + CAPTURE_TIMEOUT_FRAMES × the longest of them: a 30 fps stream gets ≈ 2.1 s,
+    a 2.5 s frame period (0.4 fps) 12 s."""
+    candidates = [0.0]
+    for source, key in ((metadata, "FrameDuration"), (metadata, "ExposureTime"), (requested, "ExposureTime")):
+        value = source.get(key) if isinstance(source, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            candidates.append(float(value))
+    limits = configuration.get("FrameDurationLimits") if isinstance(configuration, dict) else None
+    if limits:
+        candidates.append(float(limits[0]))
+    return MIN_CAPTURE_TIMEOUT_S + CAPTURE_TIMEOUT_FRAMES * max(candidates) * 1e-6
 
 
 class CameraError(RuntimeError):
@@ -115,7 +142,22 @@ class CameraBackend(abc.ABC):
 
     @abc.abstractmethod
     def controls(self) -> dict[str, Any]:
-        """The controls last requested (not necessarily in force yet)."""
+        """The requested set: the controls the camera is asked to keep (not necessarily in force yet), kept
+        by `controls.merge_requested` so that sending it again changes nothing (turning AeEnable/AwbEnable on
+        forgets the manual values they override)."""
+
+    def restore_controls(self, target: dict[str, Any]) -> None:
+        """Make the requested set exactly `target` (an earlier `controls()`), e.g. after a cancelled
+        calibration: sends `controls.restore_command` (AeEnable/AwbEnable back on where `target` has no manual
+        values), then forgets anything `target` does not hold. ValueError/CameraError as `set_controls`."""
+        send = restore_command(self.controls(), target)
+        if send:
+            self.set_controls(send)
+        self._replace_requested(dict(target))
+
+    def _replace_requested(self, target: dict[str, Any]) -> None:
+        """Backends keep the requested set; this replaces it (the camera already does what it says)."""
+        raise NotImplementedError(f"the {self.name} camera cannot restore its controls")
 
     @abc.abstractmethod
     def apply_lens_shading(self, table: LensShadingTable) -> None:

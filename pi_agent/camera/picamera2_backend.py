@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .base import CameraBackend, CameraError, CapturedFrame, LensShadingTable
+from .requested import merge_requested
 from .raw_unpack import RawFormatError, parse_raw_format, unpack_raw
 from .sensors import SENSORS, SensorInfo, SensorMode, _mode
 from .tuning import TuningError, grid_for_target, target_of, with_lens_shading
@@ -498,7 +499,7 @@ class Picamera2Camera(CameraBackend):
                 self._cam.set_controls(self._as_sent(checked))
             except RuntimeError as exc:
                 raise ValueError(f"the camera refused the controls: {exc}") from exc
-            self._remember(checked)
+            self._requested = merge_requested(self._requested, checked)
 
     @staticmethod
     def _as_sent(checked: dict[str, Any]) -> dict[str, Any]:
@@ -510,23 +511,9 @@ class Picamera2Camera(CameraBackend):
             sent.setdefault("ColourGains", (0.0, 0.0))
         return sent
 
-    def _remember(self, checked: dict[str, Any]) -> None:
-        """Keep `_requested` equal to what the camera does, so re-sending it (configure, still, reopen)
-        changes nothing: auto modes drop the manual values they replace."""
-        req = self._requested
-        if checked.get("AeEnable") is True:
-            for name in ("ExposureTime", "AnalogueGain"):
-                if name not in checked:
-                    req.pop(name, None)
-        if checked.get("AwbEnable") is True and "ColourGains" not in checked:
-            req.pop("ColourGains", None)
-        for name, value in checked.items():
-            auto = (name in ("ExposureTime", "AnalogueGain") and value == 0) or (
-                name == "ColourGains" and tuple(value) == (0.0, 0.0))
-            if auto:
-                req.pop(name, None)
-            else:
-                req[name] = value
+    def _replace_requested(self, target: dict[str, Any]) -> None:
+        with self._lock:
+            self._requested = dict(target)
 
     # ================================================================ lens shading
     @property

@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .requested import merge_requested
 from .base import CameraBackend, CameraError, CapturedFrame, LensShadingTable
 from .sensors import SensorInfo, get_sensor
 
@@ -197,7 +198,10 @@ class ReplayCamera(CameraBackend):
         """Recorded (so `controls()` reports them) but without effect: the pixels are what was recorded."""
         if not isinstance(controls, dict):
             raise ValueError("controls must be a dict of libcamera control names to values")
-        self._requested.update(controls)
+        self._requested = merge_requested(self._requested, controls)
+
+    def _replace_requested(self, target: dict[str, Any]) -> None:
+        self._requested = dict(target)
 
     def control_ranges(self) -> dict[str, tuple[Any, Any, Any]]:
         first = self._metadata[0]

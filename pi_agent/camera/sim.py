@@ -27,7 +27,9 @@ import numpy as np
 
 from .base import CameraBackend, CameraError, CapturedFrame, LensShadingTable
 from .isp import Isp, bayer_channel_index
+from .limits import check_stream_request, native_crop
 from .scene import SCENES, Scene, illuminant_rgb, neutral_colour_gains
+from .requested import merge_requested
 from .sensors import SensorInfo, SensorMode, get_sensor
 
 logger = logging.getLogger(__name__)
@@ -112,6 +114,8 @@ class SimulatedCamera(CameraBackend):
         if fps < 0:
             raise ValueError(f"fps must be ≥ 0 (0: free-running), got {fps}")
         s = self._sensor
+        if raw_size is None:
+            check_stream_request(s.model, s.modes, (w, h), fps)
         mode = s.mode_of_size(raw_size) if raw_size is not None else s.choose_mode((w, h), fps)
         if fps > mode.fps_max + 1e-6:
             raise ValueError(f"{s.model} mode {mode.size[0]}x{mode.size[1]} runs at most {mode.fps_max} fps, asked {fps}")
@@ -359,18 +363,23 @@ class SimulatedCamera(CameraBackend):
         frames after the next frame (set before start(): from the first frame), ISP controls from the next.
 
         Precisely: if frame s is the next to be produced, ExposureTime shows in the metadata of frame
-        s + exposure_delay (frames s … s + delay − 1 still show the old value)."""
+        s + exposure_delay (frames s … s + delay − 1 still show the old value).
+
+        Order within one request, as libcamera ≥ 0.5 with picamera2 does it (control_ids_core.yaml,
+        src/ipa/rpi/common/ipa_base.cpp applyControls; picamera2/request.py sends ExposureTimeMode /
+        AnalogueGainMode Manual with every non-zero ExposureTime / AnalogueGain): AeEnable / AwbEnable set the
+        modes first, then an explicit non-zero ExposureTime, AnalogueGain or ColourGains in the same request
+        wins, whatever the dict order. The requested set follows `requested.merge_requested`."""
         self._ensure_configured()
         valid = self._validate(controls)  # all or nothing: a bad control changes nothing
         with self._ctl_lock:
             s = self._sensor
+            if "AeEnable" in valid:
+                self._ae_exposure = self._ae_gain = valid["AeEnable"]
+            if "AwbEnable" in valid:
+                self._awb = valid["AwbEnable"]
             for name, v in valid.items():
-                self._requested[name] = v if name != "FrameDurationLimits" else tuple(int(x) for x in v)
-                if name == "AeEnable":
-                    self._ae_exposure = self._ae_gain = v
-                elif name == "AwbEnable":
-                    self._awb = v
-                elif name == "ExposureTime":
+                if name == "ExposureTime":
                     self._ae_exposure = v == 0
                     if v > 0:
                         self._queue("exp", s.exposure_lines(v, self._mode), s.exposure_delay)
@@ -385,6 +394,12 @@ class SimulatedCamera(CameraBackend):
                 elif name == "FrameDurationLimits":
                     self._limits = v
                     self._queue("fdl", v, s.vblank_delay)
+            requested = {k: (tuple(int(x) for x in v) if k == "FrameDurationLimits" else v) for k, v in valid.items()}
+            self._requested = merge_requested(self._requested, requested)
+
+    def _replace_requested(self, target: dict[str, Any]) -> None:
+        with self._ctl_lock:
+            self._requested = dict(target)
 
     def _queue(self, kind: str, value: Any, delay: int) -> None:
         effective = self._seq + (delay if self._started else 0)
@@ -471,7 +486,7 @@ class SimulatedCamera(CameraBackend):
             "ColourTemperature": int(self._estimate_ct(colour_gains)),
             "Lux": self._estimate_lux(stats, exposure_us),
             "SensorBlackLevels": (black16, black16, black16, black16),
-            "ScalerCrop": self._mode.crop,
+            "ScalerCrop": native_crop(self._isp.crop, self._mode.crop, self._mode.size),
             "FrameDurationLimits": tuple(int(x) for x in self._frame_limits_in_force),
             "AeEnable": bool(self._ae_exposure or self._ae_gain),
             "AeState": self._ae_state if (self._ae_exposure or self._ae_gain) else 0,
