@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=30.0, help="frame rate (0 = as fast as possible)")
     p.add_argument("--quality", type=int, default=80, help="JPEG quality 1-100")
     p.add_argument("--name", default=None, help="the agent's name shown to viewers (default: the hostname)")
+    p.add_argument("--max-viewers", type=int, default=64, metavar="N",
+                   help="viewers served at once (default 64); more are refused with a 'busy' error and logged")
     p.add_argument("--no-announce", action="store_true",
                    help="do not announce the agent on the local network (mDNS/zeroconf)")
     sim = p.add_argument_group("simulated camera")
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.quality <= 100:
         print("pi-agent: --quality must be between 1 and 100", file=sys.stderr)
         return 2
-    from .agent import Agent
+    from .agent import Agent, raise_open_file_limit
     from .security import InsecureListen, server_security
 
     if args.clear_calibration:
@@ -166,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         limit_opencv_threads(camera)
         stop = threading.Event()
         fatal: list[str] = []
+        raise_open_file_limit()
         agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality,
                       state_dir=args.state_dir, name=args.name, announce=not args.no_announce, security=security,
+                      max_viewers=max(1, args.max_viewers),
                       on_fatal=lambda reason: (fatal.append(reason), stop.set()))
         port = agent.start()
     except (ValueError, RuntimeError) as exc:
