@@ -30,8 +30,9 @@ from ..bayer import plane_offsets
 from ..camera.base import LensShadingTable
 from ..camera.isp import upsample_table
 from ..camera.tuning import GRIDS, MAX_GAIN, minimal_tuning, with_lens_shading
-from .frames import CalibrationError, FrameSource
-from .white_balance import SRGB_TO_LINEAR
+from .frames import CalibrationError, FrameSource, SensorControls, settle
+from .targets import check_flattened, check_white_brightness
+from .white_balance import SRGB_TO_LINEAR, linear_neutral_ratios, raw_channel_means, shading_gain_maps
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,7 @@ def average_white(source: FrameSource, frames: int = FRAMES, check_cancelled: Ca
         total = frame.raw.astype(np.float32) if total is None else total + frame.raw
         progress((i + 1) / frames)
     mean = total / np.float32(frames)
-    level = float(np.percentile(mean[::8, ::8], 99)) - last.black_level
-    if level < 0.1 * ((1 << last.bit_depth) - 1 - last.black_level):
-        raise CalibrationError(f"the white target is too dark (99th percentile {level:.0f} above black); "
-                               "calibrate exposure first")
+    check_white_brightness(mean, last.bayer_order, last.black_level, last.bit_depth)
     return mean, last
 
 
@@ -108,31 +106,60 @@ def channel_planes(mean_raw: np.ndarray, bayer_order: str, black_level: int) -> 
 
 
 def tables_from_gains(t_r: np.ndarray, t_g: np.ndarray, t_b: np.ndarray, grid: tuple[int, int],
-                      limit: float, colour_temperature: int = 5000) -> LensShadingTable:
-    """Per-channel gain tables → luminance (≥ 1), Cr, Cb (min 1), clamped so every channel's gain stays
-    below the hardware limit, rounded to 3 decimals."""
+                      limit: float, colour_temperature: int = 5000) -> tuple[LensShadingTable, dict[str, Any] | None]:
+    """Per-channel gain tables → (luminance ≥ 1, Cr, Cb with min 1, rounded to 3 decimals; clamping).
+
+    Every gain the ISP will apply (luminance, luminance·Cr, luminance·Cb) stays ≤ `limit` AFTER rounding
+    (rounded down where rounding to nearest would cross it: 15.9996 must not be saved as 16.000 on vc4).
+    The second value is None, or {"max_gain": the largest gain wanted, "limit", "cells": how many cells were
+    clamped} when the shading needs more gain than the hardware holds."""
     if min(t_r.min(), t_g.min(), t_b.min()) <= 0 or not all(np.all(np.isfinite(t)) for t in (t_r, t_g, t_b)):
-        raise CalibrationError("the fitted gains are not positive and finite: is the target uniform and lit?")
+        raise CalibrationError("the fitted gains are not positive and finite: the target is not a lit, uniform white")
     lum = t_g / t_g.min()
     cr = (t_r / t_g) / (t_r / t_g).min()
     cb = (t_b / t_g) / (t_b / t_g).min()
-    top = limit - 0.002
-    if lum.max() > top or (lum * cr).max() > top or (lum * cb).max() > top:
-        log.warning("lens shading gains reach %.2f; clamped to the hardware limit %.3f",
-                    max((lum * cr).max(), (lum * cb).max(), lum.max()), limit)
-    lum = np.minimum(lum, top)
-    cr = np.minimum(cr, top / lum)
-    cb = np.minimum(cb, top / lum)
-    r3 = lambda a: np.maximum(np.round(a, 3), 1.0)  # noqa: E731 - min stays exactly 1 after rounding
-    return LensShadingTable(grid=grid, luminance=r3(lum), cr=r3(cr), cb=r3(cb), colour_temperature=colour_temperature)
+    wanted = np.maximum(lum, np.maximum(lum * cr, lum * cb))
+    over = wanted > limit + 5e-4  # beyond what rounding to the limit explains
+    clamped = None
+    if over.any():
+        clamped = {"max_gain": round(float(wanted.max()), 3), "limit": limit, "cells": int(over.sum())}
+        log.warning("lens shading gains reach %.2f; clamped to the hardware limit %.3f in %d cells",
+                    wanted.max(), limit, int(over.sum()))
+
+    def r3(a: np.ndarray) -> np.ndarray:
+        return np.maximum(np.round(a, 3), 1.0)  # the minimum stays exactly 1 after rounding
+
+    def floor3(a: np.ndarray) -> np.ndarray:
+        return np.floor(a * 1000.0 + 1e-6) / 1000.0
+
+    lum = r3(np.minimum(lum, limit))
+    lum = np.where(lum > limit, floor3(np.full_like(lum, limit)), lum)
+    cr, cb = r3(np.minimum(cr, limit / lum)), r3(np.minimum(cb, limit / lum))
+    cr = np.where(lum * cr > limit, floor3(limit / lum), cr)
+    cb = np.where(lum * cb > limit, floor3(limit / lum), cb)
+    table = LensShadingTable(grid=grid, luminance=lum, cr=cr, cb=cb, colour_temperature=colour_temperature)
+    return table, clamped
+
+
+def fit_gains(mean_raw: np.ndarray, bayer_order: str, black_level: int, grid: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Per-channel gain tables {R, G, B} that flatten a mean white raw mosaic through the ISP's interpolation;
+    CalibrationError when the target is not uniform enough for any table to flatten it."""
+    planes = channel_planes(mean_raw, bayer_order, black_level)
+    t = {c: fit_table(planes[c], mean_raw.shape, grid) for c in ("R", "G", "B")}
+    corrected = {}
+    for c in ("R", "G", "B"):
+        gain = upsample_table(t[c], mean_raw.shape)
+        for plane, dy, dx in planes[c][:1]:
+            corrected[c] = gain[dy::2, dx::2][: plane.shape[0], : plane.shape[1]] * plane
+    check_flattened(corrected)
+    return t
 
 
 def fit_lens_shading(mean_raw: np.ndarray, bayer_order: str, black_level: int, grid: tuple[int, int],
                      limit: float) -> LensShadingTable:
-    """The table that flattens a mean white raw mosaic through the ISP's interpolation."""
-    planes = channel_planes(mean_raw, bayer_order, black_level)
-    t = {c: fit_table(planes[c], mean_raw.shape, grid) for c in ("R", "G", "B")}
-    return tables_from_gains(t["R"], t["G"], t["B"], grid, limit)
+    """The table that flattens a mean white raw mosaic through the ISP's interpolation (clamped if need be)."""
+    t = fit_gains(mean_raw, bayer_order, black_level, grid)
+    return tables_from_gains(t["R"], t["G"], t["B"], grid, limit)[0]
 
 
 # ---------------------------------------------------------------------------------------------- checking
@@ -176,11 +203,51 @@ def thumbnail_jpeg(main: np.ndarray) -> bytes:
     return simplejpeg.encode_jpeg(np.ascontiguousarray(small), quality=85, colorspace="BGR")
 
 
+def put_back_table(camera, table: LensShadingTable | None) -> None:
+    """Put `table` back in force; None: the camera's own (stock) lens shading."""
+    if table is None:
+        camera.clear_lens_shading()
+    else:
+        camera.apply_lens_shading(table)
+
+
+# ---------------------------------------------------------------------------------------------- white balance kept
+def kept_colour_gains(camera, mean_raw: np.ndarray, frame, table: LensShadingTable,
+                      region: str) -> dict[str, Any] | None:
+    """ColourGains that keep the white balance in force neutral once `table` replaces the table in force.
+
+    Why: libcamera divides Cr and Cb by their minimum, so a new table adds red and blue gain where its
+    Cr/Cb are above their minimum (10-20 % at the centre for ordinary lenses); a white balance measured
+    under the old table would then be wrong. The processed R/G in `region` is ColourGains_r x (the
+    shading-weighted raw R mean / the weighted G mean), so the gains are rescaled by the change of that
+    ratio, computed from the white frames just averaged. None when AWB runs (it adapts by itself) or no
+    manual ColourGains are requested."""
+    requested = camera.controls()
+    gains = requested.get("ColourGains")
+    if requested.get("AwbEnable", True) or not gains:
+        return None
+    shape = mean_raw.shape
+    old = raw_channel_means(mean_raw, frame.bayer_order, frame.black_level, region,
+                            shading_gain_maps(camera.lens_shading, shape))
+    new = raw_channel_means(mean_raw, frame.bayer_order, frame.black_level, region,
+                            shading_gain_maps(table, shape))
+    g_old, g_new = 0.5 * (old["Gr"] + old["Gb"]), 0.5 * (new["Gr"] + new["Gb"])
+    r = float(gains[0]) * (old["R"] / g_old) / (new["R"] / g_new)
+    b = float(gains[1]) * (old["B"] / g_old) / (new["B"] / g_new)
+    return {"colour_gains_before": [round(float(gains[0]), 5), round(float(gains[1]), 5)],
+            "colour_gains": [round(r, 5), round(b, 5)], "region": region}
+
+
 # ---------------------------------------------------------------------------------------------- the step
 def calibrate_lens_shading(source: FrameSource, frames: int = FRAMES,
                            progress: Callable[[str, float, dict], None] = lambda s, f, d: None,
-                           check_cancelled: Callable[[], None] = lambda: None) -> tuple[dict[str, Any], LensShadingTable, dict]:
+                           check_cancelled: Callable[[], None] = lambda: None,
+                           white_balance_region: str = "centre") -> tuple[dict[str, Any], LensShadingTable, dict]:
     """Average white frames, fit, apply through the backend, measure the processed result.
+
+    With manual ColourGains in force (a white balance), they are rescaled so that the white balance stays
+    neutral under the new table (`kept_colour_gains`), and its neutral error is measured again on the
+    white target in `white_balance_region`; the report's "white_balance" holds it.
 
     Returns (report, table, tuning): the report for the viewer, the table now in force, and the tuning
     dict to export (the backend's stock tuning with rpi.alsc rewritten, else a minimal one)."""
@@ -194,11 +261,32 @@ def calibrate_lens_shading(source: FrameSource, frames: int = FRAMES,
     mean_raw, last = average_white(source, frames, check_cancelled,
                                    lambda f: progress("lens_shading", 0.1 + 0.4 * f, {"stage": "averaging white frames"}))
     check_cancelled()
-    table = fit_lens_shading(mean_raw, last.bayer_order, last.black_level, grid, limit)
+    t = fit_gains(mean_raw, last.bayer_order, last.black_level, grid)
+    table, clamped = tables_from_gains(t["R"], t["G"], t["B"], grid, limit)
     progress("lens_shading", 0.6, {"stage": "fitted", "grid": list(grid)})
+    kept = kept_colour_gains(camera, mean_raw, last, table, white_balance_region)
+    previous_table, previous_gains = camera.lens_shading, camera.controls().get("ColourGains")
     camera.apply_lens_shading(table)
+    if kept is not None:
+        camera.set_controls({"AwbEnable": False, "ColourGains": tuple(kept["colour_gains"])})
+        settle(source, {"ColourGains": tuple(kept["colour_gains"])}, SensorControls(camera), check_cancelled)
     after_linear, after_main = processed_white(source, CHECK_FRAMES, check_cancelled)
     after = uniformity(after_linear)
+    if clamped is not None:
+        put_back_table(camera, previous_table)
+        if kept is not None:
+            camera.set_controls({"AwbEnable": False, "ColourGains": tuple(previous_gains)})
+        raise CalibrationError(
+            f"the lens shading is too strong for this ISP: the table needs gains up to {clamped['max_gain']:g}, "
+            f"the hardware holds {limit:g}; clamped in {clamped['cells']} cells it leaves {after['residual_pct']:.2f} % "
+            f"residual (worst cell {after['worst_cell_pct']:.1f} %) on the processed image. Nothing was saved and "
+            "the previous table is back in force; use more even illumination or a lens with less vignetting")
+    if kept is not None:
+        # measured on the result now in force: the white target's processed colour in the region the
+        # white balance was measured on
+        rg, bg = linear_neutral_ratios(after_linear, white_balance_region)
+        kept["neutral_error_pct"] = round(100.0 * max(abs(rg - 1.0), abs(bg - 1.0)), 3)
+        kept["processed_rg"], kept["processed_bg"] = round(rg, 5), round(bg, 5)
     stock = camera.tuning()
     tuning = with_lens_shading(stock if stock is not None else minimal_tuning(target), table)
     progress("lens_shading", 1.0, {"stage": "applied", **after})
@@ -218,6 +306,7 @@ def calibrate_lens_shading(source: FrameSource, frames: int = FRAMES,
         "cb": pack_array(table.cb.astype(np.float32)),
         "gain_range": [float(table.luminance.min()), float(max((table.luminance * table.cr).max(),
                                                                   (table.luminance * table.cb).max()))],
+        "white_balance": kept,
         "before_jpeg": thumbnail_jpeg(before_main),
         "after_jpeg": thumbnail_jpeg(after_main),
     }

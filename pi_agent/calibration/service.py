@@ -14,6 +14,8 @@ import math
 import threading
 from typing import Any
 
+import numpy as np
+
 from protocol import Command, ErrorCode
 
 from ..camera.base import CameraError, LensShadingTable
@@ -23,6 +25,7 @@ from ..errors import CommandError
 from ..state import StateStore, table_from_json, table_to_json
 from .exposure import ExposureSettings
 from .frames import CalibrationError, PipelineFrameSource
+from .lens_shading import put_back_table
 from .runner import normalise_what, run
 
 log = logging.getLogger(__name__)
@@ -98,6 +101,33 @@ class CalibrationService:
             out["tuning_file"] = str(self.store.tuning_path)
         out["controls"] = state.get("controls", {})
         out.update(state.get("results", {}))
+        for part, reason in self._stale(state).items():
+            out[part] = {**out[part], "stale": reason}
+        return out
+
+    def _stale(self, state: dict[str, Any]) -> dict[str, str]:
+        """{part: why} for saved results the camera no longer has in force (controls changed since, e.g. by
+        set_controls, or another table): they are reported as stale, never as still true."""
+        results = state.get("results", {})
+        if not results:
+            return {}
+        camera = self.context.camera
+        requested = camera.controls()
+        out: dict[str, str] = {}
+        e = results.get("exposure")
+        if e and (requested.get("AeEnable", True) or requested.get("ExposureTime") != e["ExposureTime"]
+                  or abs(float(requested.get("AnalogueGain", 0.0)) - float(e["AnalogueGain"])) > 1e-6):
+            out["exposure"] = "the exposure in force is no longer the calibrated one"
+        w = results.get("white_balance")
+        gains = requested.get("ColourGains")
+        if w and (requested.get("AwbEnable", True) or gains is None
+                  or any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(gains, w["colour_gains"]))):
+            out["white_balance"] = "the colour gains in force are no longer the calibrated ones"
+        saved = state.get("lens_shading_table")
+        table = camera.lens_shading
+        if results.get("lens_shading") and saved and (
+                table is None or not np.allclose(np.asarray(saved["luminance"]), table.luminance, atol=1e-3)):
+            out["lens_shading"] = "the lens shading table in force is no longer the calibrated one"
         return out
 
     def _record(self, result: dict[str, Any], table: LensShadingTable | None, tuning: dict | None) -> None:
@@ -112,14 +142,24 @@ class CalibrationService:
                 controls.update({"AeEnable": False, "ExposureTime": e["ExposureTime"], "AnalogueGain": e["AnalogueGain"]})
                 results["exposure"] = {k: e[k] for k in ("level", "target", "measurements", "frames", "seconds",
                                                          "ExposureTime", "AnalogueGain")}
-            if "white_balance" in result:
-                w = result["white_balance"]
-                controls.update({"AwbEnable": False, "ColourGains": list(w["colour_gains"])})
-                results["white_balance"] = {k: w[k] for k in ("colour_gains", "neutral_error_pct")}
+                if len(e.get("passes", ())) > 1:
+                    results["exposure"]["passes"] = [{k: p[k] for k in ("level", "measurements", "frames")}
+                                                     for p in e["passes"]]
             if "lens_shading" in result and table is not None:
                 s = result["lens_shading"]
                 state["lens_shading_table"] = table_to_json(table)
                 results["lens_shading"] = {k: s[k] for k in ("grid", "residual_pct", "worst_cell_pct")}
+                kept = s.get("white_balance")
+                if kept:  # the white balance in force was carried over to the new table and measured again
+                    controls.update({"AwbEnable": False, "ColourGains": list(kept["colour_gains"])})
+                    if "white_balance" in results:
+                        results["white_balance"] = {"colour_gains": list(kept["colour_gains"]),
+                                                    "neutral_error_pct": kept["neutral_error_pct"],
+                                                    "measured_after": "lens_shading"}
+            if "white_balance" in result:  # after the table: in "all" white balance follows lens shading
+                w = result["white_balance"]
+                controls.update({"AwbEnable": False, "ColourGains": list(w["colour_gains"])})
+                results["white_balance"] = {k: w[k] for k in ("colour_gains", "neutral_error_pct")}
             state.update({"sensor": camera.sensor.model, "controls": controls, "results": results,
                           "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
             self.state = state
@@ -152,8 +192,7 @@ class CalibrationService:
         def restore() -> None:
             log.info("calibration stopped: restoring controls %s", before_controls)
             if camera.lens_shading is not before_table:
-                camera.apply_lens_shading(before_table if before_table is not None
-                                          else LensShadingTable.flat(GRIDS[camera.tuning_target]))
+                put_back_table(camera, before_table)
             camera.restore_controls(before_controls)
 
         def work(job: Job) -> dict[str, Any]:
@@ -186,7 +225,7 @@ class CalibrationService:
     def _clear(self, command: Command, reply) -> dict[str, Any]:
         self.context.lease.check_free()
         camera = self.context.camera
-        camera.apply_lens_shading(LensShadingTable.flat(GRIDS[camera.tuning_target]))
+        camera.clear_lens_shading()  # the stock (adaptive, on a Pi) table, not a flat one
         if self._uncalibrated is not None:  # nothing was calibrated since start: the controls stay as they are
             camera.restore_controls(self._uncalibrated)
             self._uncalibrated = None
