@@ -34,8 +34,21 @@ def started(scene="white", raw_size=(1640, 1232), **kwargs) -> SimulatedCamera:
     return cam
 
 
-def snapshot_dir(path) -> dict[str, bytes]:
-    return {name: (path / name).read_bytes() for name in sorted(os.listdir(path))}
+def snapshot_dir(path) -> dict[str, object]:
+    """Every entry under `path`: file bytes, link targets, directory names (the state store keeps
+    generations behind links)."""
+    out: dict[str, object] = {}
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, path)
+            if os.path.islink(full):
+                out[rel] = ("link", os.readlink(full))
+            elif os.path.isfile(full):
+                out[rel] = open(full, "rb").read()
+            else:
+                out[rel] = "dir"
+    return out
 
 
 def previous_table() -> LensShadingTable:
@@ -51,8 +64,8 @@ def test_the_chart_is_refused_and_the_state_directory_is_unchanged(tmp_path, con
     store = StateStore(state_dir)
     table = previous_table()
     store.save({"sensor": "imx219", "controls": {}, "lens_shading_table": table_to_json(table),
-                "results": {"lens_shading": {"grid": [16, 12], "residual_pct": 0.1, "worst_cell_pct": 0.3}}})
-    store.save_tuning(with_lens_shading(minimal_tuning(), table))
+                "results": {"lens_shading": {"grid": [16, 12], "residual_pct": 0.1, "worst_cell_pct": 0.3}}},
+               with_lens_shading(minimal_tuning(), table))
     before = snapshot_dir(state_dir)
     camera = SimulatedCamera("imx219", scene="chart", seed=3)
     agent = Agent(camera, "127.0.0.1:0", size=(320, 240), fps=30, state_dir=str(state_dir))
