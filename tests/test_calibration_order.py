@@ -97,3 +97,40 @@ def test_without_the_carry_over_the_published_order_is_tinted():
         cam.capture()
     centre, _ = neutral_errors(cam)
     assert centre > 5.0
+
+
+def test_the_seed_order_as_three_commands_through_the_agent(start_agent, connect):
+    """exposure, then white balance, then lens shading, as three separate commands (the OpenFlexure order):
+    the streamed image ends neutral, and status reports the white balance as measured after the table."""
+    from .conftest import wait_until
+
+    agent = start_agent(camera=SimulatedCamera("imx219", scene="white", seed=6, colour_temperature=3200.0))
+    client = connect(agent)
+    for what in ("exposure", "white_balance", "lens_shading"):
+        client.command("calibrate", {"what": what}, timeout=120)
+    gains = tuple(agent.camera.controls()["ColourGains"])
+
+    def streamed_with_gains():
+        frame = client.latest()
+        return frame if frame and tuple(frame.metadata["ColourGains"]) == pytest.approx(gains) else None
+
+    wait_until(streamed_with_gains, timeout=10, message="the carried-over colour gains in the stream")
+    seen = client.latest().sequence
+    frames = []
+    while len(frames) < 3:
+        frame = wait_until(lambda: client.latest() if client.latest().sequence > seen else None, timeout=5)
+        seen = frame.sequence
+        frames.append(srgb_decode(frame.decode()))
+    linear = np.mean(frames, axis=0)
+    h, w = linear.shape[:2]
+    b, g, r = (float(linear[int(h * .4):int(h * .6), int(w * .4):int(w * .6), i].mean()) for i in range(3))
+    measured = 100.0 * max(abs(r / g - 1), abs(b / g - 1))
+    assert measured <= 1.0
+    status = client.command("status")["calibration"]
+    wb = status["white_balance"]
+    assert wb["measured_after"] == "lens_shading" and "stale" not in wb
+    assert tuple(wb["colour_gains"]) == pytest.approx(gains)
+    assert abs(wb["neutral_error_pct"] - measured) <= 0.7  # what it reports is what the stream shows
+    # a later manual change makes the stored result stale, never still true
+    client.command("set_controls", {"controls": {"ColourGains": [gains[0] * 1.2, gains[1]]}})
+    assert "stale" in client.command("status")["calibration"]["white_balance"]
