@@ -63,7 +63,9 @@ def test_the_chart_is_refused_and_the_state_directory_is_unchanged(tmp_path, con
     state_dir = tmp_path / "state"
     store = StateStore(state_dir)
     table = previous_table()
-    store.save({"sensor": "imx219", "controls": {}, "lens_shading_table": table_to_json(table),
+    geometry = {"coordinates": "full pixel array", "full_array": [3280, 2464], "measured_size": [1640, 1232],
+                "measured_crop": [0, 0, 3280, 2464]}
+    store.save({"sensor": "imx219", "controls": {}, "lens_shading_table": {**table_to_json(table), "geometry": geometry},
                 "results": {"lens_shading": {"grid": [16, 12], "residual_pct": 0.1, "worst_cell_pct": 0.3}}},
                with_lens_shading(minimal_tuning(), table))
     before = snapshot_dir(state_dir)

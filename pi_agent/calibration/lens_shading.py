@@ -30,14 +30,16 @@ from ..bayer import plane_offsets
 from ..camera.base import LensShadingTable
 from ..camera.isp import upsample_table
 from ..camera.tuning import GRIDS, MAX_GAIN, minimal_tuning, with_lens_shading
-from .frames import CalibrationError, FrameSource, SensorControls, settle
+from .frames import CalibrationError, FrameSource, SensorControls, StillFrameSource, settle
 from .targets import check_flattened, check_white_brightness
-from .white_balance import SRGB_TO_LINEAR, linear_neutral_ratios, raw_channel_means, shading_gain_maps
+from .white_balance import SRGB_TO_LINEAR, linear_neutral_ratios, linearising_lut, raw_channel_means, shading_gain_maps
 
 log = logging.getLogger(__name__)
 
 FRAMES = 8  # white frames averaged (shot noise per cell ≪ 0.1 % already at one frame; 8 also averages flicker)
 CHECK_FRAMES = 4
+STILL_FRAMES = 2  # full-resolution stills have 4x the pixels of a binned frame: 2 average as much noise as 8
+STILL_CHECK_FRAMES = 2
 THUMBNAIL = (160, 120)
 MEASURE_GRID = (16, 12)  # the accuracy figures are per-channel cell means on this grid (the issue's definition)
 
@@ -63,21 +65,55 @@ def average_white(source: FrameSource, frames: int = FRAMES, check_cancelled: Ca
 
 
 # ---------------------------------------------------------------------------------------------- fitting
-def interpolation_weights(n_cells: int, n_pixels: int) -> np.ndarray:
-    """(n_pixels, n_cells) weights of upsample_table along one axis: row p gives pixel p's mix of cells."""
+def interpolation_weights(n_cells: int, n_pixels: int, extent: int | None = None) -> np.ndarray:
+    """(n_pixels, n_cells) weights of upsample_table along one axis: row p gives pixel p's mix of cells.
+    `extent` (≥ n_pixels): the table is spread over that many pixels, of which the image is the first
+    n_pixels (see isp_extent)."""
     eye = np.eye(n_cells, dtype=np.float32)
-    return upsample_table(eye, (n_pixels, n_cells)).astype(np.float64)
+    return upsample_table(eye, (extent or n_pixels, n_cells))[:n_pixels].astype(np.float64)
+
+
+def isp_gain_map(cells: np.ndarray, raw_shape: tuple[int, int], extent: tuple[int, int] | None = None) -> np.ndarray:
+    """Per-pixel gains of a cell table as the ISP applies it over an image of `raw_shape` (h, w), the table
+    spread over `extent` (h, w) pixels (None: the image)."""
+    h, w = raw_shape
+    eh, ew = extent or raw_shape
+    return upsample_table(cells, (eh, ew))[:h, :w]
+
+
+VC4_CELL_SIZES = (16, 32, 64, 128, 256)
+
+
+def isp_extent(camera, size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) pixels the ISP spreads the table over for an image of `size` (w, h).
+
+    The Pi 4's ISP (libcamera src/ipa/rpi/vc4/vc4.cpp applyLS/resampleTable) takes a corner-sampled grid of
+    the smallest cell of 16..256 px with < 64 × ≤ 48 cells, and spreads the 16×12 table over its vertices:
+    over ceil(w/cell)·cell pixels, e.g. 1664 for 1640 (1.5 % wider than the image; the same ratio in IMX219's
+    two full-field modes). A fit that ignores it leaves ≈ 1 % at the far edges. The Pi 5 (pisp.cpp) spreads
+    its 32×32 table over the image exactly, and so does the simulator's ISP (camera/isp.py), whose backend
+    has no libcamera tuning."""
+    w, h = int(size[0]), int(size[1])
+    if camera.tuning_target != "bcm2835" or camera.tuning() is None:
+        return h, w
+    for cell in VC4_CELL_SIZES:
+        cw, ch = -(-w // cell), -(-h // cell)
+        if cw < 64 and ch <= 48:
+            return ch * cell, cw * cell
+    return h, w
 
 
 def fit_table(planes: list[tuple[np.ndarray, int, int]], raw_shape: tuple[int, int],
-              grid: tuple[int, int]) -> np.ndarray:
-    """Table t (rows, columns) minimising Σ (upsample_table(t)·s − 1)² over the site pixels of one channel.
+              grid: tuple[int, int], extent: tuple[int, int] | None = None) -> np.ndarray:
+    """Table t (rows, columns) minimising Σ (isp_gain_map(t)·s − 1)² over the site pixels of one channel.
 
-    planes: (black-subtracted plane, row offset, column offset) for each Bayer site of the channel.
+    planes: (black-subtracted plane, row offset, column offset) for each Bayer site of the channel;
+    extent: (h, w) the table is spread over (isp_extent; None: the image).
     """
     cols, rows = grid
     h, w = raw_shape
-    wy, wx = interpolation_weights(rows, h), interpolation_weights(cols, w)
+    eh, ew = extent or raw_shape
+    wy, wx = interpolation_weights(rows, h, eh), interpolation_weights(cols, w, ew)
     normal = np.zeros((rows * cols, rows * cols))
     rhs = np.zeros((rows, cols))
     for plane, dy, dx in planes:
@@ -141,14 +177,16 @@ def tables_from_gains(t_r: np.ndarray, t_g: np.ndarray, t_b: np.ndarray, grid: t
     return table, clamped
 
 
-def fit_gains(mean_raw: np.ndarray, bayer_order: str, black_level: int, grid: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Per-channel gain tables {R, G, B} that flatten a mean white raw mosaic through the ISP's interpolation;
-    CalibrationError when the target is not uniform enough for any table to flatten it."""
+def fit_gains(mean_raw: np.ndarray, bayer_order: str, black_level: int, grid: tuple[int, int],
+              extent: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Per-channel gain tables {R, G, B} that flatten a mean white raw mosaic through the ISP's interpolation
+    (table spread over `extent`, see isp_extent); CalibrationError when the target is not uniform enough for
+    any table to flatten it."""
     planes = channel_planes(mean_raw, bayer_order, black_level)
-    t = {c: fit_table(planes[c], mean_raw.shape, grid) for c in ("R", "G", "B")}
+    t = {c: fit_table(planes[c], mean_raw.shape, grid, extent) for c in ("R", "G", "B")}
     corrected = {}
     for c in ("R", "G", "B"):
-        gain = upsample_table(t[c], mean_raw.shape)
+        gain = isp_gain_map(t[c], mean_raw.shape, extent)
         for plane, dy, dx in planes[c][:1]:
             corrected[c] = gain[dy::2, dx::2][: plane.shape[0], : plane.shape[1]] * plane
     check_flattened(corrected)
@@ -186,15 +224,16 @@ def uniformity(linear_bgr: np.ndarray, grid: tuple[int, int] = MEASURE_GRID) -> 
     }
 
 
-def processed_white(source: FrameSource, frames: int, check_cancelled: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean linear-light processed image (sRGB gamma undone per pixel) of `frames` fresh frames, and the
-    last processed frame (uint8 BGR)."""
+def processed_white(source: FrameSource, frames: int, check_cancelled: Callable[[], None],
+                    lut: np.ndarray = SRGB_TO_LINEAR) -> tuple[np.ndarray, np.ndarray]:
+    """Mean linear-light processed image (the ISP's gamma undone per pixel with `lut`, see
+    white_balance.linearising_lut) of `frames` fresh frames, and the last processed frame (uint8 BGR)."""
     frame, _ = source.fresh()
-    total = SRGB_TO_LINEAR[frame.main].astype(np.float64)
+    total = lut[frame.main].astype(np.float64)
     for _ in range(frames - 1):
         check_cancelled()
         frame, _ = source.next()
-        total += SRGB_TO_LINEAR[frame.main]
+        total += lut[frame.main]
     return total / frames, frame.main
 
 
@@ -238,6 +277,33 @@ def kept_colour_gains(camera, mean_raw: np.ndarray, frame, table: LensShadingTab
             "colour_gains": [round(r, 5), round(b, 5)], "region": region}
 
 
+# ---------------------------------------------------------------------------------------------- geometry
+def full_field_source(source: FrameSource) -> tuple[FrameSource, dict[str, Any]]:
+    """A source that sees the whole pixel array, and a note of where the table was measured.
+
+    Why: libcamera's rpi.alsc table covers the FULL pixel array and is resampled to each mode's crop
+    (alsc.cpp resampleCalTable). A table fitted over a cropped mode's raw (IMX219 1920x1080 reads the centre
+    1920x1080 of 3280x2464) would put the crop's fall-off at the array's edges: wrong in every mode. So in
+    a cropped mode the table is measured on full-resolution stills instead, and the report says so."""
+    camera = source.camera
+    sensor = camera.sensor
+    mode = SensorControls(camera).mode
+    full = sensor.full_array
+    if sensor.full_field(mode):
+        geometry = {"coordinates": "full pixel array", "full_array": list(full), "measured_size": list(mode.size),
+                    "measured_crop": list(mode.crop)}
+        return source, {"switched": False, "mode": list(mode.size), "geometry": geometry}
+    still_mode = sensor.full_resolution_mode
+    why = (f"the stream's mode {mode.size[0]}x{mode.size[1]} reads only {mode.crop[2]}x{mode.crop[3]} of the "
+           f"{full[0]}x{full[1]} pixel array, and a lens shading table covers the whole array: measured on "
+           f"full-resolution {still_mode.size[0]}x{still_mode.size[1]} stills")
+    log.info("lens shading: %s", why)
+    geometry = {"coordinates": "full pixel array", "full_array": list(full), "measured_size": list(still_mode.size),
+                "measured_crop": list(still_mode.crop)}
+    return StillFrameSource(camera), {"switched": True, "mode": list(still_mode.size), "stream_mode": list(mode.size),
+                                      "why": why, "geometry": geometry}
+
+
 # ---------------------------------------------------------------------------------------------- the step
 def calibrate_lens_shading(source: FrameSource, frames: int = FRAMES,
                            progress: Callable[[str, float, dict], None] = lambda s, f, d: None,
@@ -255,13 +321,21 @@ def calibrate_lens_shading(source: FrameSource, frames: int = FRAMES,
     target = camera.tuning_target
     grid, limit = GRIDS[target], MAX_GAIN[target]
     started = time.monotonic()
-    before_linear, before_main = processed_white(source, CHECK_FRAMES, check_cancelled)
+    stream_source, source, measured_in = source, *full_field_source(source)
+    if measured_in.get("switched"):
+        frames, check_frames = min(frames, STILL_FRAMES), STILL_CHECK_FRAMES
+        progress("lens_shading", 0.0, {"stage": measured_in["why"]})
+    else:
+        check_frames = CHECK_FRAMES
+    lut = linearising_lut(camera)
+    before_linear, before_main = processed_white(source, check_frames, check_cancelled, lut)
     before = uniformity(before_linear)
     progress("lens_shading", 0.1, {"stage": "measured before", **before})
     mean_raw, last = average_white(source, frames, check_cancelled,
                                    lambda f: progress("lens_shading", 0.1 + 0.4 * f, {"stage": "averaging white frames"}))
     check_cancelled()
-    t = fit_gains(mean_raw, last.bayer_order, last.black_level, grid)
+    extent = isp_extent(camera, (mean_raw.shape[1], mean_raw.shape[0]))
+    t = fit_gains(mean_raw, last.bayer_order, last.black_level, grid, extent)
     table, clamped = tables_from_gains(t["R"], t["G"], t["B"], grid, limit)
     progress("lens_shading", 0.6, {"stage": "fitted", "grid": list(grid)})
     kept = kept_colour_gains(camera, mean_raw, last, table, white_balance_region)
@@ -269,8 +343,8 @@ def calibrate_lens_shading(source: FrameSource, frames: int = FRAMES,
     camera.apply_lens_shading(table)
     if kept is not None:
         camera.set_controls({"AwbEnable": False, "ColourGains": tuple(kept["colour_gains"])})
-        settle(source, {"ColourGains": tuple(kept["colour_gains"])}, SensorControls(camera), check_cancelled)
-    after_linear, after_main = processed_white(source, CHECK_FRAMES, check_cancelled)
+        settle(stream_source, {"ColourGains": tuple(kept["colour_gains"])}, SensorControls(camera), check_cancelled)
+    after_linear, after_main = processed_white(source, check_frames, check_cancelled, lut)
     after = uniformity(after_linear)
     if clamped is not None:
         put_back_table(camera, previous_table)
@@ -297,7 +371,10 @@ def calibrate_lens_shading(source: FrameSource, frames: int = FRAMES,
         "worst_cell_pct": after["worst_cell_pct"],
         "corner_pct": after["corner_pct"],
         "before": before,
-        "measured_on": "processed main stream, sRGB gamma undone (linear light), per-channel 16x12 cell means",
+        "measured_on": ("processed " + ("full-resolution stills" if measured_in.get("switched") else "main stream")
+                        + ", the ISP's gamma undone (linear light), per-channel 16x12 cell means"),
+        "measured_in": measured_in,
+        "geometry": measured_in["geometry"],
         "frames_averaged": frames,
         "tuning_base": "stock" if stock is not None else "minimal",
         "seconds": round(time.monotonic() - started, 3),

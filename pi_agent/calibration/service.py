@@ -58,6 +58,24 @@ class NotPersisted(CommandError):
                          detail={**result, "in_force": True, "persisted": False})
 
 
+def table_geometry_problem(geometry: Any, sensor) -> str | None:
+    """Why a saved table cannot be put in force on `sensor` (None: it can, in every mode).
+
+    A table is right in every mode only if it was measured over the whole pixel array of this sensor:
+    libcamera (and our backends) resample it to each mode's crop. A table without a recorded geometry
+    (saved before it was recorded) or measured in a crop is refused rather than silently wrong."""
+    if not isinstance(geometry, dict):
+        return "it does not record the geometry it was measured in"
+    full = [int(v) for v in sensor.full_array]
+    if geometry.get("coordinates") != "full pixel array" or list(geometry.get("full_array", [])) != full:
+        return (f"it was measured in {geometry.get('measured_crop')} of a {geometry.get('full_array')} array, "
+                f"not over this sensor's whole {full[0]}x{full[1]} array")
+    crop = list(geometry.get("measured_crop", []))
+    if crop != [0, 0, *full]:
+        return f"it was measured in the crop {crop}, not over the whole {full[0]}x{full[1]} array"
+    return None
+
+
 class CalibrationService:
     """Registers the commands on `router` and keeps the calibration state (persisted when `store` is set)."""
 
@@ -97,7 +115,11 @@ class CalibrationService:
                 table = table_from_json(saved["lens_shading_table"])
                 if table.grid != GRIDS[camera.tuning_target]:
                     raise ValueError(f"table grid {table.grid} does not suit this ISP ({camera.tuning_target})")
-                camera.apply_lens_shading(table)
+                refused = table_geometry_problem(saved["lens_shading_table"].get("geometry"), camera.sensor)
+                if refused:
+                    log.error("saved lens shading table not applied: %s; calibrate lens shading again", refused)
+                else:
+                    camera.apply_lens_shading(table)
         except (ValueError, KeyError, TypeError, CameraError) as exc:
             log.error("could not apply the saved calibration from %s: %s", self.store.path, exc)
             return False
@@ -164,7 +186,8 @@ class CalibrationService:
                                                      for p in e["passes"]]
             if "lens_shading" in result and table is not None:
                 s = result["lens_shading"]
-                state["lens_shading_table"] = table_to_json(table)
+                # the table with the geometry it was measured in (full-array coordinates: right in every mode)
+                state["lens_shading_table"] = {**table_to_json(table), "geometry": s["geometry"]}
                 results["lens_shading"] = {k: s[k] for k in ("grid", "residual_pct", "worst_cell_pct")}
                 kept = s.get("white_balance")
                 if kept:  # the white balance in force was carried over to the new table and measured again
