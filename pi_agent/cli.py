@@ -96,7 +96,7 @@ def build_authorize_parser() -> argparse.ArgumentParser:
 
 
 def keys_main(argv: list[str]) -> int:
-    from .security import authorized_keys, create_or_load_keys
+    from .security import create_or_load_keys, read_allowlist
 
     args = build_keys_parser().parse_args(argv)
     try:
@@ -104,7 +104,8 @@ def keys_main(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         print(f"pi-agent keys: {exc}", file=sys.stderr)
         return 1
-    allowed = authorized_keys(args.config_dir)
+    allowlist = read_allowlist(args.config_dir)
+    allowed = allowlist.allowed
     print(keys.public)
     print(f"# {'created' if created else 'the agent key in'} {keys.directory} (secret: agent.key_secret, 0600)",
           file=sys.stderr)
@@ -112,11 +113,13 @@ def keys_main(argv: list[str]) -> int:
     print(f"# {len(allowed)} authorised viewer(s) in {keys.authorized_dir}"
           + (f": {', '.join(sorted(allowed.values()))}" if allowed else "; add one with `pi-agent authorize KEY`"),
           file=sys.stderr)
+    for path, reason in sorted(allowlist.refused.items()):
+        print(f"# REFUSED {path}: {reason}", file=sys.stderr)
     return 0
 
 
 def authorize_main(argv: list[str]) -> int:
-    from .security import authorize
+    from .security import authorize, read_allowlist
 
     args = build_authorize_parser().parse_args(argv)
     try:
@@ -125,6 +128,8 @@ def authorize_main(argv: list[str]) -> int:
         print(f"pi-agent authorize: {exc}", file=sys.stderr)
         return 2
     print(f"{'authorised' if added else 'already authorised'}: {key} ({path}); takes effect at its next connection")
+    for refused, reason in sorted(read_allowlist(args.config_dir).refused.items()):
+        print(f"pi-agent authorize: note: {refused} is REFUSED: {reason}", file=sys.stderr)
     return 0
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from .base import CameraBackend, CameraError, CapturedFrame, LensShadingTable
 from .isp import Isp, bayer_channel_index
+from .limits import check_stream_request, native_crop
 from .scene import SCENES, Scene, illuminant_rgb, neutral_colour_gains
 from .requested import merge_requested
 from .sensors import SensorInfo, SensorMode, get_sensor
@@ -113,6 +114,8 @@ class SimulatedCamera(CameraBackend):
         if fps < 0:
             raise ValueError(f"fps must be ≥ 0 (0: free-running), got {fps}")
         s = self._sensor
+        if raw_size is None:
+            check_stream_request(s.model, s.modes, (w, h), fps)
         mode = s.mode_of_size(raw_size) if raw_size is not None else s.choose_mode((w, h), fps)
         if fps > mode.fps_max + 1e-6:
             raise ValueError(f"{s.model} mode {mode.size[0]}x{mode.size[1]} runs at most {mode.fps_max} fps, asked {fps}")
@@ -480,7 +483,7 @@ class SimulatedCamera(CameraBackend):
             "ColourTemperature": int(self._estimate_ct(colour_gains)),
             "Lux": self._estimate_lux(stats, exposure_us),
             "SensorBlackLevels": (black16, black16, black16, black16),
-            "ScalerCrop": self._mode.crop,
+            "ScalerCrop": native_crop(self._isp.crop, self._mode.crop, self._mode.size),
             "FrameDurationLimits": tuple(int(x) for x in self._frame_limits_in_force),
             "AeEnable": bool(self._ae_exposure or self._ae_gain),
             "AeState": self._ae_state if (self._ae_exposure or self._ae_gain) else 0,
