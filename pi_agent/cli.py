@@ -1,6 +1,7 @@
 """`pi-agent`: stream the camera (simulated by default when no Pi camera is present) to viewers.
 
-`pi-agent keys` creates/shows the agent's key; `pi-agent authorize VIEWER_KEY_OR_FILE` allows a viewer in."""
+`pi-agent keys` creates/shows the agent's key; `pi-agent authorize VIEWER_KEY_OR_FILE` allows a viewer in;
+`pi-agent service install|uninstall|status` runs it as a systemd service."""
 
 from __future__ import annotations
 
@@ -135,6 +136,10 @@ def authorize_main(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     argv = key_arguments(argv)  # `pi-agent authorize -KEY...`: a key starting with '-' is a key, not an option
+    if argv[:1] == ["service"]:
+        from .service import main as service_main
+
+        return service_main(argv[1:])
     if argv[:1] == ["keys"]:
         return keys_main(argv[1:])
     if argv[:1] == ["authorize"]:
