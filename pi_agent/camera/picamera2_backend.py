@@ -136,6 +136,7 @@ class Picamera2Camera(CameraBackend):
         self._module = picamera2_module
         self._camera_num = int(camera_num)
         self._tuning = copy.deepcopy(tuning)
+        self._stock_tuning = copy.deepcopy(tuning)  # what clear_lens_shading goes back to (None: the stock file)
         self._buffer_count = int(buffer_count)
         self._packed = bool(packed_raw)
         self._decompress = decompress
@@ -567,6 +568,21 @@ class Picamera2Camera(CameraBackend):
                                   f"{grid[0]}x{grid[1]}; got {table.grid[0]}x{table.grid[1]}: fit the table on that grid")
             self._reopen(with_lens_shading(base, table))
             self._table = table
+
+    def clear_lens_shading(self) -> None:
+        """Reopen with the tuning the camera was opened with (the stock file's adaptive rpi.alsc when none
+        was given), forgetting any table applied since."""
+        with self._lock:
+            stock = self._stock_tuning
+            self._reopen(copy.deepcopy(stock) if stock is not None else self._stock_tuning_dict())
+            self._tuning = copy.deepcopy(stock)
+            self._table = None
+
+    def _stock_tuning_dict(self) -> dict:
+        try:
+            return self._module.Picamera2.load_tuning_file(self._model + ".json")
+        except (RuntimeError, OSError) as exc:
+            raise CameraError(f"cannot load the stock tuning file {self._model}.json: {exc}") from exc
 
     def _reopen(self, new_tuning: dict) -> None:
         was_started = self._started
