@@ -153,8 +153,9 @@ class RPiCameraData:
         self._init_ipa_state()
         self.control_info = self._unconfigured_controls()
 
-    def physics(self, mode: SensorMode) -> SimulatedCamera:
-        """The simulator's sensor physics for `mode` (scene, illuminant, true lens shading, noise)."""
+    def physics_for(self, mode: SensorMode | None) -> SimulatedCamera:
+        """The simulator's sensor physics for `mode` (scene, illuminant, true lens shading, noise); one instance
+        per mode, as each caches its mode's maps."""
         sim = self._physics.get(mode)
         if sim is None:
             m = self.module
@@ -162,6 +163,16 @@ class RPiCameraData:
                 sensor=m.sensor, scene=m.scene, colour_temperature=m.colour_temperature, seed=m.seed, pacing=False,
                 corner_shading=m.corner_shading, lux=m.lux, optical_centre=m.optical_centre)
         return sim
+
+    @property
+    def physics(self) -> SimulatedCamera:
+        """The sensor physics (any mode: `physics.true_shading(mode)`), for ground truth in tests."""
+        return self.physics_for(None)
+
+    def true_shading(self, mode: SensorMode | None = None) -> dict:
+        """Ground truth: {"R", "G", "B": (h, w)} true lens shading of `mode` (default: the configured mode) in
+        the simulator's upright orientation."""
+        return self.physics.true_shading(mode or self.mode)
 
     # ================================================================ identity
     @property
@@ -659,7 +670,7 @@ class RPiCameraData:
         if request is None:  # no buffer to fill: the frame is dropped (no statistics either)
             self.frames_dropped += 1
             return duration
-        raw, _black = self.physics(mode).expose(mode, exposure_us, gain, sim_time, self.rng)
+        raw, _black = self.physics_for(mode).expose(mode, exposure_us, gain, sim_time, self.rng)
         hflip, vflip = self._user_flips(self.config)
         if hflip:
             raw = raw[:, ::-1]
