@@ -618,7 +618,7 @@ class RPiCameraData:
             self.queue.append(request)
 
     def _frame_loop(self) -> None:
-        next_tick = time.monotonic()
+        next_tick = time.monotonic() + self.in_force["frame_duration"] * 1e-6  # the first frame is exposed first
         while not self.stop_event.is_set():
             delay = next_tick - time.monotonic()
             if delay > 0 and self.stop_event.wait(delay):
