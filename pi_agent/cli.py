@@ -1,6 +1,7 @@
 """`pi-agent`: stream the camera (simulated by default when no Pi camera is present) to viewers.
 
-`pi-agent keys` creates/shows the agent's key; `pi-agent authorize VIEWER_KEY_OR_FILE` allows a viewer in."""
+`pi-agent keys` creates/shows the agent's key; `pi-agent authorize VIEWER_KEY_OR_FILE` allows a viewer in;
+`pi-agent service install|uninstall|status` runs it as a systemd service."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import os
 import signal
 import sys
 import threading
+
+from protocol.keys import key_arguments, quoted_key
 
 from .camera.factory import CAMERA_CHOICES, check_camera_kind, make_camera
 from .state import DEFAULT_STATE_DIR, StateStore
@@ -111,7 +114,8 @@ def keys_main(argv: list[str]) -> int:
     print(keys.public)
     print(f"# {'created' if created else 'the agent key in'} {keys.directory} (secret: agent.key_secret, 0600)",
           file=sys.stderr)
-    print(f"# viewers trust it with: host-viewer HOST:PORT --agent-key {keys.public}", file=sys.stderr)
+    print(f"# viewers trust it with: host-viewer trust HOST:PORT {quoted_key(keys.public)}", file=sys.stderr)
+    print(f"#   or once: host-viewer HOST:PORT --agent-key={quoted_key(keys.public)}", file=sys.stderr)
     print(f"# {len(allowed)} authorised viewer(s) in {keys.authorized_dir}"
           + (f": {', '.join(sorted(allowed.values()))}" if allowed else "; add one with `pi-agent authorize KEY`"),
           file=sys.stderr)
@@ -129,14 +133,20 @@ def authorize_main(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         print(f"pi-agent authorize: {exc}", file=sys.stderr)
         return 2
-    print(f"{'authorised' if added else 'already authorised'}: {key} ({path}); takes effect at its next connection")
+    print(f"{'authorised' if added else 'already authorised'}: {quoted_key(key)} ({path}); takes effect at its "
+          f"next connection")
     for refused, reason in sorted(read_allowlist(args.config_dir).refused.items()):
-        print(f"pi-agent authorize: note: {refused} is REFUSED: {reason}", file=sys.stderr)
+        print(f"pi-agent authorize: note: {quoted_key(refused)} is REFUSED: {reason}", file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    argv = key_arguments(argv)  # `pi-agent authorize -KEY...`: a key starting with '-' is a key, not an option
+    if argv[:1] == ["service"]:
+        from .service import main as service_main
+
+        return service_main(argv[1:])
     if argv[:1] == ["keys"]:
         return keys_main(argv[1:])
     if argv[:1] == ["authorize"]:
