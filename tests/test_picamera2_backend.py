@@ -162,7 +162,7 @@ def _true_table(pi, grid: tuple[int, int], mode_size=None) -> LensShadingTable:
         mode = max((m for m in sensor.modes if sensor.full_field(m)), key=lambda m: -m.size[0])  # smallest full field
     else:
         mode = sensor.mode_of_size(mode_size)
-    shading = pipe.physics(mode).true_shading(mode)
+    shading = pipe.true_shading(mode)
     cols, rows = grid
     cells = {k: cv2.resize(v, (cols, rows), interpolation=cv2.INTER_AREA).astype(np.float64) for k, v in shading.items()}
     g = cells["G"]
