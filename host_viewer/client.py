@@ -19,7 +19,7 @@ import logging
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
@@ -162,6 +162,7 @@ class AgentClient:
         self.state_detail = ""  # why, when refused: "not authorised", "agent key mismatch", ...
         self.state_hint = ""  # the sentence telling the user what to do about it
         self.events: deque[Event] = deque(maxlen=100)
+        self.event_counts: Counter[str] = Counter()  # every event received, by name (the deque keeps the last 100)
         self.errors: deque[Error] = deque(maxlen=100)
         self.frames_received = 0
         self.frames_dropped = 0  # gaps in the agent's frame numbers (frames not sent to us)
@@ -512,6 +513,7 @@ class AgentClient:
                 _call_back(pending.on_progress, message, "progress")
         elif isinstance(message, Event):
             self.events.append(message)
+            self.event_counts[message.name] += 1
             _call_back(self._on_event, message, "event")
         elif isinstance(message, Bye):
             self.state = "reconnecting"

@@ -21,14 +21,13 @@ import simplejpeg
 
 from protocol import ErrorCode, Frame, encode
 
-from .camera.base import CameraBackend, CameraError, CapturedFrame
+from .camera.base import CameraBackend, CameraError, CapturedFrame, capture_timeout
 from .errors import CommandError
 from .stats import RawStats, compute_stats, compute_stream_stats
 from .wire import plain
 
 log = logging.getLogger(__name__)
 
-CAPTURE_TIMEOUT = 2.0  # s; a capture that takes longer is a camera failure (the backend raises CameraError)
 MAX_BACKOFF = 2.0  # s between attempts to reopen a failing camera
 
 
@@ -171,12 +170,18 @@ class CapturePipeline:
             return 0.0
         return (len(window) - 1) / max(window[-1] - window[0], 1e-9)
 
+    def capture_timeout(self) -> float:
+        """Seconds before a capture counts as a camera failure: follows the frame duration and exposure in
+        force and requested (camera.base.capture_timeout), so a 2.5 s frame period is not a stall."""
+        camera = self.camera
+        return capture_timeout(camera.configuration, camera.controls(), self.last_metadata)
+
     # threads ---------------------------------------------------------------------------------------
     def _capture_loop(self) -> None:
         failures = 0  # consecutive failed captures; reset by the first good frame
         while not self._stop.is_set():
             try:
-                frame = self.camera.capture(timeout=CAPTURE_TIMEOUT)
+                frame = self.camera.capture(timeout=self.capture_timeout())
             except Exception as exc:  # CameraError, or a backend bug: either way report and reopen
                 if self._stop.is_set():
                     return

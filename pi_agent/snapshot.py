@@ -120,7 +120,8 @@ class SnapshotCommand:
 
     def _take_still(self, command: Command, reply: Reply, quality: int, include_raw: bool) -> None:
         try:
-            frame = self.pipeline.camera.capture_still(timeout=STILL_TIMEOUT_S)
+            # two mode switches plus a frame whose exposure may be long: the stream's own timeout on top
+            frame = self.pipeline.camera.capture_still(timeout=STILL_TIMEOUT_S + self.pipeline.capture_timeout())
         except NotImplementedError as exc:
             reason = str(exc) or "the camera cannot take a full-resolution still"
             log.info("snapshot: %s; taking the next streamed frame instead", reason)
@@ -181,9 +182,10 @@ class SnapshotCommand:
                 return
             self.pipeline.remove_listener(listener)
             reply(Error(id=command.id, code=ErrorCode.FAILED,
-                        message=f"no frame from the camera within {FRAME_TIMEOUT_S:g} s; snapshot not taken"))
+                        message=f"no frame from the camera within {wait:.3g} s; snapshot not taken"))
 
-        timer = threading.Timer(FRAME_TIMEOUT_S, timed_out)
+        wait = max(FRAME_TIMEOUT_S, self.pipeline.capture_timeout())  # long exposures: frames come slowly
+        timer = threading.Timer(wait, timed_out)
         timer.daemon = True
         timer.start()
         self.pipeline.add_listener(listener)
