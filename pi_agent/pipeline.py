@@ -17,12 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import simplejpeg
-
 from protocol import ErrorCode, Frame, encode
 
 from .camera.base import CameraBackend, CameraError, CapturedFrame, capture_timeout
 from .errors import CommandError
+from .jpeg import encode_main
 from .stats import RawStats, compute_stats, compute_stream_stats
 from .wire import plain
 
@@ -256,7 +255,7 @@ class CapturePipeline:
     def _encode(self, frame: CapturedFrame, pending: "PendingStats") -> None:
         """JPEG-encode one frame (while its raw statistics are computed on the capture thread) and pack
         its message once for every viewer."""
-        jpeg = simplejpeg.encode_jpeg(frame.main, quality=self.quality, colorspace="BGR", colorsubsampling="420")
+        jpeg = encode_main(frame, self.quality, "420")  # greyscale for a monochrome sensor
         stats, wire_stats = pending.for_stream()
         self.last_stats = stats
         height, width = frame.main.shape[:2]

@@ -20,14 +20,13 @@ import logging
 import threading
 from typing import Any
 
-import simplejpeg
-
 from protocol import Command, Error, ErrorCode, Result, pack_array
 from protocol.limits import MAX_MESSAGE_SIZE
 
 from .camera.base import CameraError, CapturedFrame
 from .commands import CommandRouter, Reply
 from .errors import CommandError
+from .jpeg import encode_main
 from .pipeline import CapturePipeline
 from .stats import RawStats, compute_stats
 from .wire import plain
@@ -57,7 +56,7 @@ def _arguments(args: dict) -> tuple[int, bool, bool]:
 def snapshot_value(frame: CapturedFrame, stats: RawStats, quality: int, include_raw: bool,
                    configuration: dict[str, Any]) -> dict[str, Any]:
     """The result map of a snapshot (see docs/protocol.md): JPEG, raw array, metadata, stats, sensor facts."""
-    jpeg = simplejpeg.encode_jpeg(frame.main, quality=quality, colorspace="BGR", colorsubsampling="444")
+    jpeg = encode_main(frame, quality, "444")  # greyscale for a monochrome sensor
     height, width = frame.main.shape[:2]
     value: dict[str, Any] = {
         "frame": frame.sequence,

@@ -41,6 +41,12 @@ def _number(args: dict, name: str, low: float, high: float) -> float | None:
     return float(value)
 
 
+def mono_refusal(what: str, model: str) -> str:
+    """The sentence refusing a colour calibration on a monochrome sensor (only exposure applies)."""
+    return (f"calibrate {what}: the {model} is a monochrome sensor; white balance and lens-shading colour tables "
+            "need colour channels it does not have. Calibrate 'exposure' instead")
+
+
 class CalibrationService:
     """Registers the commands on `router` and keeps the calibration state (persisted when `store` is set)."""
 
@@ -140,6 +146,8 @@ class CalibrationService:
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"calibrate: {exc}") from None
         self.context.pipeline.require_running("calibrate")
         sensor = self.context.camera.sensor
+        if sensor.is_mono and what != "exposure":
+            raise CommandError(ErrorCode.BAD_ARGUMENT, mono_refusal(what, sensor.model))
         settings = ExposureSettings(
             target=_number(args, "target", sensor.black_level, sensor.white_level),
             tolerance=_number(args, "tolerance", 0.0, 0.5) or 0.05,
