@@ -206,6 +206,14 @@ class ViewerApp:
         tile.last_frame, tile.last_image, tile.last_age_ms = frame, image, age_ms
         return self.render_tile(tile, (image.shape[1], image.shape[0]))
 
+    def window_closed(self) -> bool:
+        """True once the window was closed by its close button or the window manager (Alt+F4). Without this
+        check, the next imshow makes a new window with the same name: the window "comes back"."""
+        try:
+            return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1
+        except cv2.error:
+            return True
+
     # the loop ---------------------------------------------------------------------------------------
     def poll_frames(self) -> bool:
         """Decode the newest frame of every tile that has a new one; True if any did."""
@@ -224,13 +232,16 @@ class ViewerApp:
                 changed = True
         return changed
 
-    def run(self, duration: float | None = None) -> ViewingSession:
+    def run(self, duration: float | None = None, stop=None) -> ViewingSession:
+        """Show the window until q/Esc, the window's close button (or Alt+F4), `duration` seconds, or `stop`
+        (anything with is_set(): the CLI's StopRequest for Ctrl-C and SIGTERM). Calibrations still running
+        are cancelled on the agent, and recordings finished, before it returns."""
         cv2.namedWindow(self.title, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)  # no Qt toolbar: keys are ours
         end = time.monotonic() + duration if duration else float("inf")
         last_draw = 0.0
         next_sample = 0.0
         try:
-            while self.running and time.monotonic() < end:
+            while self.running and time.monotonic() < end and not (stop is not None and stop.is_set()):
                 changed = self.poll_frames()
                 now = time.monotonic()
                 if now >= next_sample:
@@ -243,8 +254,15 @@ class ViewerApp:
                 key = cv2.waitKey(5)
                 if key != -1:
                     self.handle_key(key & 0xFF)
+                if self.window_closed():
+                    log.info("window closed")
+                    self.running = False
         finally:
             for tile in self.tiles:
+                tile.cancel_in_flight()
                 tile.stop_recording()
-            cv2.destroyWindow(self.title)
+            try:
+                cv2.destroyWindow(self.title)
+            except cv2.error:  # already gone (closed by the window manager)
+                pass
         return self.session

@@ -16,6 +16,7 @@ from .calibration import WHAT, calibration_summary, progress_line, start_calibra
 from .client import AgentClient, BadFrame, CommandFailed
 from .report import save_report
 from .session import ViewingSession
+from .stopping import StopRequest
 
 log = logging.getLogger("host_viewer")
 
@@ -90,14 +91,14 @@ def trust_main(argv: list[str]) -> int:
 
 
 def run_headless(client: AgentClient, duration: float | None, recorder=None,
-                 session: ViewingSession | None = None) -> ViewingSession:
-    """Receive, decode and measure (and record, if `recorder`) until `duration` has passed."""
+                 session: ViewingSession | None = None, stop: StopRequest | None = None) -> ViewingSession:
+    """Receive, decode and measure (and record, if `recorder`) until `duration` has passed or `stop` is set."""
     session = session or ViewingSession(client)
     end = time.monotonic() + duration if duration is not None else float("inf")
     last = None
-    while time.monotonic() < end:
+    while time.monotonic() < end and not (stop is not None and stop.is_set()):
         try:
-            frame = client.wait_frame(timeout=min(0.5, max(0.01, end - time.monotonic())), newer_than=last)
+            frame = client.wait_frame(timeout=min(0.2, max(0.01, end - time.monotonic())), newer_than=last)
         except TimeoutError:
             continue
         last = frame.sequence
@@ -112,30 +113,79 @@ def run_headless(client: AgentClient, duration: float | None, recorder=None,
     return session
 
 
-def run_calibration(client: AgentClient, args, session: ViewingSession) -> tuple[dict | None, str | None]:
+CANCEL_WAIT_S = 10.0  # how long to wait for the agent to confirm a cancel (it restores the camera first)
+
+
+def run_calibration(client: AgentClient, args, session: ViewingSession,
+                    stop: StopRequest | None = None) -> tuple[dict | None, str | None]:
     """Run `calibrate` while receiving frames (the stream goes on); progress lines go to stderr.
-    Returns (result value, None) or (partial result or None, error sentence)."""
+    Returns (result value, None) or (partial result or None, error sentence). When `stop` is set (Ctrl-C,
+    SIGTERM) the calibration is cancelled on the agent, which keeps the calibration it had, and this waits
+    for the agent's final reply before returning."""
     pending = start_calibration(client, args.calibrate, target=args.target,
                                 on_progress=lambda p: print(progress_line(p), file=sys.stderr, flush=True))
     last = None
     while not pending.future.done():
+        if stop is not None and stop.is_set():
+            print(f"host-viewer: {stop.signal_name}: cancelling the calibration on the agent", file=sys.stderr)
+            client.send_command("cancel", {"id": pending.id}, ttl=CANCEL_WAIT_S)
+            try:
+                pending.future.exception(timeout=CANCEL_WAIT_S)
+            except TimeoutError:
+                return None, (f"cancelled: no confirmation from the agent within {CANCEL_WAIT_S:g} s; "
+                              f"it cancels the calibration when it notices the viewer left")
+            break
         try:
             frame = client.wait_frame(timeout=0.2, newer_than=last)
         except TimeoutError:
             continue
         last = frame.sequence
-        session.record(frame, frame.decode())
+        try:
+            session.record(frame, frame.decode())
+        except BadFrame as exc:
+            log.warning("%s", exc)
     try:
         return pending.future.result(), None
     except CommandFailed as exc:
         return (exc.detail or None), f"{exc.code}: {exc.message}"
 
 
-def take_snapshot(client: AgentClient, directory: str) -> dict:
+def wait_for_agent(client: AgentClient, timeout: float, stop: StopRequest | None = None) -> str | None:
+    """Wait for the agent's welcome; None when connected, else the sentence saying why not. A refusal is
+    reported as soon as the client knows it, not after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.wait_connected(min(0.05, max(0.0, deadline - time.monotonic())))
+            return None
+        except TimeoutError:
+            pass
+        connection = client.connection
+        if connection.state == "refused":
+            return f"refused by {client.address}: {connection.detail}: {connection.hint}"
+        if stop is not None and stop.is_set():
+            return f"{stop.signal_name} while connecting to {client.address}"
+        if time.monotonic() >= deadline:
+            return (f"no agent answered at {client.address} within {timeout:g} s "
+                    f"({connection.text}; is pi-agent running there?)")
+
+
+def take_snapshot(client: AgentClient, directory: str, stop: StopRequest | None = None) -> dict:
     """Ask the agent for a snapshot and save it; returns the saved files and the frame facts."""
     from .snapshot import save_snapshot
 
-    value = client.command("snapshot", {}, timeout=15.0)
+    pending = client.send_command("snapshot", {}, ttl=15.0)
+    deadline = time.monotonic() + 16.0
+    while not pending.future.done():
+        if stop is not None and stop.is_set():
+            raise CommandFailed("cancelled", f"{stop.signal_name} before the snapshot arrived")
+        if time.monotonic() > deadline:
+            raise CommandFailed("timeout", "no reply to snapshot within 15 s")
+        try:
+            pending.future.exception(timeout=0.1)
+        except TimeoutError:
+            pass
+    value = pending.future.result()
     welcome = client.welcome
     files = save_snapshot(value, directory, agent=welcome.agent if welcome else None,
                           model=(welcome.sensor.get("model") if welcome else None) or "camera")
@@ -181,6 +231,14 @@ def parse_overlays(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C while waiting for a clean exit
+        print("host-viewer: interrupted", file=sys.stderr)
+        return 130
+
+
+def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["keys"]:  # subcommands; anything else is HOST:PORT and options
         return keys_main(argv[1:])
@@ -218,53 +276,46 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict = {}
     calibration = failure = None
     with ExitStack() as stack:
+        stop = stack.enter_context(StopRequest())
         for client in clients:
             stack.enter_context(client)
-        for client in clients:
-            try:
-                client.wait_connected(args.connect_timeout)
-            except TimeoutError:
-                if client.state == "refused":
-                    print(f"host-viewer: refused by {client.address}: {client.state_detail}: {client.state_hint}",
-                          file=sys.stderr)
-                    return 1
-                print(f"host-viewer: no agent answered at {client.address} within {args.connect_timeout:g} s "
-                      f"(is pi-agent running there?)", file=sys.stderr)
-                return 1
-        client = clients[0]
         if args.headless:
+            problem = wait_for_agent(clients[0], args.connect_timeout, stop)
+            if problem is not None:
+                print(f"host-viewer: {problem}", file=sys.stderr)
+                return 130 if stop.is_set() else 1
+            client = clients[0]
             session = ViewingSession(client)
+            summary_snapshot = None
             if args.calibrate:
-                calibration, failure = run_calibration(client, args, session)
+                calibration, failure = run_calibration(client, args, session, stop)
                 if failure:
                     print(f"host-viewer: calibration failed: {failure}", file=sys.stderr)
-            if args.snapshot:
+            if args.snapshot and not stop.is_set():
                 try:
-                    summary_snapshot = take_snapshot(client, args.snapshot)
+                    summary_snapshot = take_snapshot(client, args.snapshot, stop)
                 except (CommandFailed, OSError) as exc:
                     print(f"host-viewer: snapshot failed: {exc}", file=sys.stderr)
                     return 1
             recorder = None
-            if args.record:
+            if args.record and not stop.is_set():
                 from .recording import Recorder, RecordingError
 
                 try:
                     recorder = Recorder(args.record, fps_hint=float(client.welcome.stream.get("fps") or 30) or 30.0)
-                except RecordingError as exc:
-                    print(f"host-viewer: {exc}", file=sys.stderr)
+                except (RecordingError, OSError) as exc:
+                    print(f"host-viewer: cannot record: {exc}", file=sys.stderr)
                     return 2
             duration = args.duration
             if duration is None and (args.snapshot or args.calibrate) and not args.record:
                 duration = 0.0  # a snapshot or a calibration alone: done
             try:
-                run_headless(client, duration, recorder, session)
-            except KeyboardInterrupt:
-                pass
+                run_headless(client, duration, recorder, session, stop)
             finally:
                 if recorder is not None:
                     summary["recording"] = recorder.close().as_dict()
             summary = {**session.summary(), **summary}
-            if args.snapshot:
+            if summary_snapshot is not None:
                 summary["snapshot"] = summary_snapshot
         else:
             from .app import ViewerApp
@@ -279,11 +330,13 @@ def main(argv: list[str] | None = None) -> int:
                 app.tile.start_recording(Path(args.record))
             if args.snapshot:
                 app.tile.snapshot()
-            session = app.run(args.duration)
+            session = app.run(args.duration, stop=stop)
             summary = session.summary()
             summary["cameras"] = [tile.session.summary() for tile in app.tiles] if len(app.tiles) > 1 else None
             summary["snapshots"] = [s for tile in app.tiles for s in tile.snapshots]
             calibration = keys.last_result
+        if stop.is_set():
+            summary["stopped_by"] = stop.signal_name
     if calibration:
         summary["calibration"] = calibration_summary(calibration)
         if args.report and "lens_shading" in calibration and "luminance" in calibration["lens_shading"]:
@@ -292,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary_json:
         write_summary(summary, args.summary_json)
     if failure:
-        return 1
+        return 130 if "cancelled" in failure else 1
     if calibration and any(part.get("converged") is False for part in calibration.values() if isinstance(part, dict)):
         return 1
     return 0

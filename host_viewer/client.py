@@ -19,7 +19,7 @@ import logging
 import socket
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
@@ -37,6 +37,7 @@ from protocol import (
 from protocol.limits import MAX_MESSAGE_SIZE
 
 from .credit import CreditGovernor
+from .shared import ConnectionState, RecentItems
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,12 @@ class CommandFailed(Exception):
         self.detail = detail or {}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReceivedFrame:
-    """A frame as received: JPEG bytes (decode on demand), metadata and raw statistics of its request."""
+    """A frame as received: JPEG bytes (decode on demand), metadata and raw statistics of its request.
+
+    Made by the I/O thread and handed to the application whole (frozen; its metadata and stats dicts are
+    never changed after it is published), so both threads may read it without a lock."""
 
     sequence: int
     capture_ns: int  # agent clock
@@ -158,12 +162,13 @@ class AgentClient:
         self._thread: threading.Thread | None = None
         self.clock = ClockOffset()
         self.welcome: Welcome | None = None
-        self.state = "connecting"  # connecting, connected, reconnecting, refused, closed
-        self.state_detail = ""  # why, when refused: "not authorised", "agent key mismatch", ...
-        self.state_hint = ""  # the sentence telling the user what to do about it
-        self.events: deque[Event] = deque(maxlen=100)
-        self.event_counts: Counter[str] = Counter()  # every event received, by name (the deque keeps the last 100)
-        self.errors: deque[Error] = deque(maxlen=100)
+        # Shared with the application thread (issue 16 audit): the connection state is one immutable value
+        # replaced whole; events and errors are snapshot containers; counters are ints written only here.
+        self.connection = ConnectionState(since=time.monotonic())
+        self.events: RecentItems[Event] = RecentItems(maxlen=100)
+        self.errors: RecentItems[Error] = RecentItems(maxlen=100)
+        # every event received, by name (events keeps only the last 100): a dict replaced whole, never mutated
+        self.event_counts: dict[str, int] = {}
         self.frames_received = 0
         self.frames_dropped = 0  # gaps in the agent's frame numbers (frames not sent to us)
         self.bytes_received = 0
@@ -206,7 +211,30 @@ class AgentClient:
     @property
     def status_text(self) -> str:
         """The connection state as the window shows it, e.g. "reconnecting" or "refused: not authorised"."""
-        return f"{self.state}: {self.state_detail}" if self.state_detail else self.state
+        return self.connection.text
+
+    def _set_state(self, state: str, detail: str = "", hint: str = "") -> None:
+        """Replace the connection state in one assignment (readers on other threads see old or new, whole)."""
+        current = self.connection
+        if (state, detail, hint) != (current.state, current.detail, current.hint):
+            since = current.since if state == current.state else time.monotonic()
+            self.connection = ConnectionState(state, detail, hint, since)
+
+    @property
+    def state(self) -> str:
+        return self.connection.state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._set_state(value)
+
+    @property
+    def state_detail(self) -> str:
+        return self.connection.detail
+
+    @property
+    def state_hint(self) -> str:
+        return self.connection.hint
 
     def wait_connected(self, timeout: float = 5.0) -> Welcome:
         if not self._welcome_event.wait(timeout):
@@ -324,7 +352,7 @@ class AgentClient:
             kind, value = event["event"], event["value"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 if self.state == "refused":
-                    self.state, self.state_detail, self.state_hint = "connecting", "", ""
+                    self._set_state("connecting")
                 continue
             if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 detail = "not authorised"
@@ -358,7 +386,7 @@ class AgentClient:
                 continue
             if self.state != "refused" or self.state_detail != detail:
                 log.warning("%s", hint)
-            self.state, self.state_detail, self.state_hint = "refused", detail, hint
+            self._set_state("refused", detail, hint)
 
     def _run(self) -> None:
         sock = self._make_socket()
@@ -489,8 +517,7 @@ class AgentClient:
             fps = message.stream.get("fps") if isinstance(message.stream, dict) else None
             valid = isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps < 10_000
             self._frame_period_ms = 1000.0 / fps if valid else None  # free-running (0): no adaptation
-            self.state = "connected"
-            self.state_detail = self.state_hint = ""
+            self._set_state("connected")
             self._welcome_event.set()
             self._ping(sock)
         elif isinstance(message, Result):
@@ -499,8 +526,7 @@ class AgentClient:
             if message.code == ErrorCode.NO_SESSION:
                 self.state = "reconnecting"  # agent restarted: hello again at once
             elif message.code == ErrorCode.VERSION:
-                self.state = "refused"
-                self.state_detail = message.message
+                self._set_state("refused", message.message)
             if message.id is None:
                 self.errors.append(message)
             else:
@@ -513,7 +539,7 @@ class AgentClient:
                 _call_back(pending.on_progress, message, "progress")
         elif isinstance(message, Event):
             self.events.append(message)
-            self.event_counts[message.name] += 1
+            self.event_counts = {**self.event_counts, message.name: self.event_counts.get(message.name, 0) + 1}
             _call_back(self._on_event, message, "event")
         elif isinstance(message, Bye):
             self.state = "reconnecting"

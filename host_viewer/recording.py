@@ -54,7 +54,10 @@ class Recorder:
             raise RecordingError(f"directory {self.path.parent} does not exist")
         self._tmp = temp_path_beside(self.path)
         self._av = av
-        self._output = av.open(str(self._tmp), "w", format=container)
+        try:
+            self._output = av.open(str(self._tmp), "w", format=container)
+        except Exception as exc:  # PyAV's errors (permission, disk, unknown format) are OSError or its own
+            raise RecordingError(f"cannot write {self._tmp.name} in {self.path.parent}: {exc}") from None
         self._fps_hint = fps_hint
         self._stream = None
         self._first_ns: int | None = None

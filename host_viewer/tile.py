@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,9 +29,11 @@ log = logging.getLogger(__name__)
 FINISHED_PROGRESS_SHOWN_S = 3.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class CommandProgress:
-    """The latest Progress of a running command (or how it ended, kept on screen for a few seconds)."""
+    """The latest Progress of a running command (or how it ended, kept on screen for a few seconds).
+
+    Immutable: the client's I/O thread replaces the tile's reference while the window thread draws it."""
 
     name: str
     step: str = "sent"
@@ -49,8 +51,7 @@ class CameraTile:
         self.link_meter = RateMeter()
         self._last_counts = (0, 0)
         self.last_sample: float | None = None  # when the counters were last turned into rates
-        self.status = ""
-        self.status_time = 0.0
+        self._status: tuple[str, float] = ("", 0.0)  # (text, monotonic time): one reference, set from any thread
         self.progress: CommandProgress | None = None
         self.recorder: Recorder | None = None
         self.last_frame: ReceivedFrame | None = None
@@ -59,6 +60,8 @@ class CameraTile:
         self.requested: dict = {}  # manual controls sent and not yet superseded by auto exposure
         self.snapshots: list[dict] = []
         self._lock = threading.Lock()
+        # Commands sent and not yet answered, id -> (name, future); written by both threads under _lock.
+        self._in_flight: dict[int, tuple[str, Future]] = {}
 
     @property
     def name(self) -> str:
@@ -84,9 +87,20 @@ class CameraTile:
         if self.recorder is not None:
             self.write_recording(frame)
 
+    @property
+    def status(self) -> str:
+        return self._status[0]
+
+    @property
+    def status_time(self) -> float:
+        return self._status[1]
+
+    def status_line(self) -> tuple[str, float]:
+        """(text, when) of the last status message, read together."""
+        return self._status
+
     def set_status(self, text: str) -> None:
-        self.status = text
-        self.status_time = time.monotonic()
+        self._status = (text, time.monotonic())
         log.info("%s: %s", self.client.address, text)
 
     # commands ---------------------------------------------------------------------------------------
@@ -100,21 +114,23 @@ class CameraTile:
             self.progress = CommandProgress(name=label, step=message.step, fraction=message.fraction)
 
         pending = self.client.send_command(name, args or {}, ttl=ttl, on_progress=on_progress)
+        with self._lock:
+            self._in_flight[pending.id] = (name, pending.future)
 
         def done(future: Future) -> None:
+            with self._lock:
+                self._in_flight.pop(pending.id, None)
             progress = self.progress or CommandProgress(name=label)
             try:
                 value = future.result()
             except CommandFailed as exc:
-                progress.finished, progress.outcome = time.monotonic(), f"{exc.code}: {exc.message}"
-                self.progress = progress
+                self.progress = replace(progress, finished=time.monotonic(), outcome=f"{exc.code}: {exc.message}")
                 self.set_status(f"{label} failed: {exc.code}: {exc.message}")
                 return
             except Exception as exc:  # cancelled future or the like
                 self.set_status(f"{label} failed: {exc}")
                 return
-            progress.finished, progress.outcome, progress.fraction = time.monotonic(), "done", 1.0
-            self.progress = progress
+            self.progress = replace(progress, finished=time.monotonic(), outcome="done", fraction=1.0)
             if on_result is not None:
                 try:
                     on_result(value)
@@ -126,6 +142,24 @@ class CameraTile:
 
         pending.future.add_done_callback(done)
         return pending.future
+
+    def cancel_in_flight(self, names: tuple[str, ...] = ("calibrate",), timeout: float = 10.0) -> list[str]:
+        """Cancel this tile's unanswered commands called one of `names` on the agent and wait (up to `timeout`
+        seconds in all) for their final replies, so the agent has put everything back before the viewer
+        leaves; returns the names of the commands it cancelled."""
+        with self._lock:
+            running = [(command_id, name, future) for command_id, (name, future) in self._in_flight.items()
+                       if name in names and not future.done()]
+        for command_id, name, _future in running:
+            self.set_status(f"cancelling {name} on the agent")
+            self.client.send_command("cancel", {"id": command_id}, ttl=timeout)
+        deadline = time.monotonic() + timeout
+        for command_id, name, future in running:
+            try:
+                future.exception(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                log.warning("%s: no reply to the cancel of %s within %g s", self.client.address, name, timeout)
+        return [name for _id, name, _future in running]
 
     def visible_progress(self, now: float | None = None) -> CommandProgress | None:
         now = time.monotonic() if now is None else now
@@ -230,12 +264,14 @@ class CameraTile:
         return summary
 
     def toggle_recording(self) -> None:
+        """Start a recording in the save directory, or stop the running one. A save directory that cannot be
+        made or written is an error on the status line; the window goes on."""
         if self.recorder is not None:
             self.stop_recording()
             return
-        self.save_dir.mkdir(parents=True, exist_ok=True)
         path = self.save_dir / f"{safe_name(self.name)}-{time.strftime('%Y%m%d-%H%M%S')}.mkv"
         try:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
             self.start_recording(path)
-        except RecordingError as exc:
-            self.set_status(f"cannot record: {exc}")
+        except (RecordingError, OSError) as exc:
+            self.set_status(f"cannot record to {self.save_dir}: {exc}")

@@ -55,6 +55,7 @@ class Agent:
         self.server = AgentServer(listen, self.router, self.welcome, security=security,
                                   session_timeout=session_timeout, context=context)
         self.context.viewers = lambda: self.server.viewer_count
+        self.context.events = self._on_event  # e.g. controls_changed, to every viewer
         self.port: int | None = None
         self._stopped = threading.Event()
         self.announce = announce  # mDNS/zeroconf announcement (pi_agent/announce.py)

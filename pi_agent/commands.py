@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from protocol import Command, Error, ErrorCode, Message, Progress, Result
+from protocol.controls import COMMAND_ARGS
 
 from .camera.base import CameraBackend
 from .controls import in_force, validate_controls
@@ -79,6 +80,8 @@ class AgentContext:
     info: dict
     viewers: Callable[[], int] = lambda: 0
     started: float = field(default_factory=time.monotonic)
+    # (name, message, detail) -> an `event` to every viewer; set by the agent
+    events: Callable[[str, str, dict], None] = lambda name, message, detail: None
     extra: dict = field(default_factory=dict)
 
 
@@ -94,6 +97,8 @@ class CommandRouter:
         self.register("cancel", self._cancel)
 
     def register(self, name: str, handler: Callable[[Command, Reply], dict | None]) -> None:
+        """Add a command. Its accepted argument names come from protocol.controls.COMMAND_ARGS (the spec's
+        table); a name not listed there (a test's or a plug-in's command) gets its arguments unchecked."""
         self._handlers[name] = handler
 
     @property
@@ -108,6 +113,7 @@ class CommandRouter:
                         message=f"unknown command {command.name[:40]!r}; known: {', '.join(self.names)}"))
             return
         try:
+            _check_argument_names(command)
             value = handler(command, reply)
         except CommandError as exc:
             reply(Error(id=command.id, code=exc.code, message=exc.message, detail=plain(exc.detail)))
@@ -211,16 +217,33 @@ class CommandRouter:
             self.context.camera.set_controls(checked)
         except ValueError as exc:
             raise CommandError(ErrorCode.OUT_OF_RANGE, str(exc)) from None
-        return {"controls": self.context.camera.controls()}
+        controls = self.context.camera.controls()
+        # Requested controls are the camera's, shared by every viewer: tell the others too.
+        self.context.events("controls_changed", f"controls set: {', '.join(sorted(checked))}",
+                            {"controls": controls, "changed": sorted(checked)})
+        return {"controls": controls}
 
     def _cancel(self, command: Command, reply: Reply) -> dict:
+        """Stop the running long command with args `id`, or all of them. An id that is not running (finished
+        already, or never known) is not an error: a cancel always races the command's final reply on the
+        wire, so it answers `cancelled: []` and the command's own reply says how it ended."""
         target = command.args.get("id")
         if target is not None and (isinstance(target, bool) or not isinstance(target, (int, str))):
             raise CommandError(ErrorCode.BAD_ARGUMENT, "cancel's 'id' must be a command id (int or str), or absent")
         with self._jobs_lock:
             jobs = [self._jobs[target]] if target in self._jobs else ([] if target is not None else list(self._jobs.values()))
-        if target is not None and not jobs:
-            raise CommandError(ErrorCode.BAD_ARGUMENT, f"no running command with id {str(target)[:40]!r}")
         for job in jobs:
             job.cancelled.set()
         return {"cancelled": [job.command.id for job in jobs]}
+
+
+def _check_argument_names(command: Command) -> None:
+    """`bad_argument` for an argument name the command does not take (a misspelt option is never ignored)."""
+    allowed = COMMAND_ARGS.get(command.name)
+    if allowed is None:
+        return
+    unknown = sorted(str(name)[:40] for name in command.args if name not in allowed)
+    if unknown:
+        takes = ", ".join(sorted(allowed)) or "no arguments"
+        raise CommandError(ErrorCode.BAD_ARGUMENT, f"{command.name} does not take {', '.join(unknown)}; it takes {takes}",
+                           detail={"unknown": unknown, "accepted": sorted(allowed)})

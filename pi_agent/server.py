@@ -12,6 +12,7 @@ Only this thread touches the socket; other threads hand it messages through a Ma
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -21,10 +22,10 @@ import zmq
 
 from protocol import (
     MAX_INBOUND_TO_AGENT, Bye, Command, Credit, Error, ErrorCode, Hello, Message, Ping, Pong, ProtocolError,
-    Sequencer, decode,
+    Sequencer, decode, encode,
 )
 from protocol.address import parse_address, tcp_endpoint
-from protocol.limits import SUPPORTED_VERSIONS
+from protocol.limits import MAX_VIEWER_MESSAGE, SUPPORTED_VERSIONS
 
 from .commands import CommandRouter
 from .mailbox import Mailbox
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_CREDIT = 8
 MAX_COMMAND_ID_LEN = 64
+BYE_LINGER_MS = 500  # how long a stopping agent waits for its `bye` messages to leave (bounded)
 
 
 @dataclass
@@ -46,6 +48,10 @@ class Session:
     frames_sent: int = 0
     user: str = ""  # the viewer's CURVE public key when encryption is on
     capabilities: list = field(default_factory=list)
+    # The session's own message numbering (1 = welcome, +1 per message to this viewer), so that a viewer
+    # sees a gap when a message to it was dropped. Frames are encoded once for all viewers and carry the
+    # camera frame number instead; `frames_sent` (echoed in each pong) lets a viewer count lost frames.
+    sequencer: Sequencer = field(default_factory=lambda: Sequencer(time.monotonic_ns))
 
 
 class AgentServer:
@@ -64,16 +70,16 @@ class AgentServer:
         self.host, self.port = parse_address(listen)
         self.router = router
         self._welcome = welcome  # () -> Welcome, the current state for a new viewer
-        # An encrypted server gets a context of its own: its ZAP authenticator binds the context-wide
-        # inproc://zeromq.zap.01, which must not collide with another one in the same process.
-        self._own_context = context is None and security is not None
+        # A context of its own unless given one: an encrypted server's ZAP authenticator binds the context-wide
+        # inproc://zeromq.zap.01, which must not collide with another one in the same process; and stopping
+        # terminates it, which waits (up to BYE_LINGER_MS) until the `bye` messages have left.
+        self._own_context = context is None
         self._ctx = context or (zmq.Context() if self._own_context else zmq.Context.instance())
         self._session_timeout = session_timeout
         self._security = security  # applies CURVE server options to the socket, or None for plain text
         self.mailbox = Mailbox()
         self.sessions: dict[bytes, Session] = {}
         self._latest: EncodedFrame | None = None
-        self._sequencer = Sequencer(time.monotonic_ns)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._bound = threading.Event()
@@ -166,7 +172,7 @@ class AgentServer:
         finally:
             for identity in list(self.sessions):
                 self._send(sock, identity, Bye(reason="agent stopping"))
-            sock.close(linger=0)
+            sock.close(linger=BYE_LINGER_MS)  # the context's termination (_release) waits for them, bounded
             self.mailbox.close()
             self._release()
 
@@ -201,7 +207,7 @@ class AgentServer:
 
     def _handle_bytes(self, sock: zmq.Socket, identity: bytes, data, user: str) -> None:
         try:
-            envelope = decode(data, max_size=MAX_INBOUND_TO_AGENT)
+            envelope = decode(data, max_size=MAX_VIEWER_MESSAGE)
         except ProtocolError as exc:
             self.counters["bad_messages"] += 1
             log.warning("bad message from viewer %s: %s", identity.hex()[:8], exc.message)
@@ -224,7 +230,7 @@ class AgentServer:
             session.credit = max(0, min(MAX_CREDIT, session.credit + message.n))
             self._offer_latest(sock, session)
         elif isinstance(message, Ping):
-            self._send(sock, identity, Pong(t0=message.t0, t1=time.monotonic_ns()))
+            self._send(sock, identity, Pong(t0=message.t0, t1=time.monotonic_ns(), frames_sent=session.frames_sent))
         elif isinstance(message, Command):
             self._command(identity, message)
         elif isinstance(message, Bye):
@@ -249,7 +255,8 @@ class AgentServer:
         )
         log.info("viewer %s connected (%s%s); %d viewer(s)", identity.hex()[:8], hello.client[:80],
                  f", key {user}" if user else "", len(self.sessions))
-        self._send(sock, identity, self._welcome())
+        # welcome.version: the highest version both sides speak
+        self._send(sock, identity, dataclasses.replace(self._welcome(), version=max(common)))
         self._offer_latest(sock, self.sessions[identity])
 
     def _command(self, identity: bytes, command: Command) -> None:
@@ -291,7 +298,13 @@ class AgentServer:
             self.counters["frames_sent"] += 1
 
     def _send(self, sock: zmq.Socket, identity: bytes, message: Message) -> bool:
-        return self._send_bytes(sock, identity, self._sequencer.encode(message))
+        """Numbered in the viewer's session; a peer without one (an error before hello) gets seq 0."""
+        session = self.sessions.get(identity)
+        if session is not None:
+            data = session.sequencer.encode(message)
+        else:
+            data = encode(message, seq=0, ts=time.monotonic_ns())
+        return self._send_bytes(sock, identity, data)
 
     def _send_bytes(self, sock: zmq.Socket, identity: bytes, payload: bytes) -> bool:
         """Never blocks: an unroutable or full peer loses this message (and a vanished one its session)."""

@@ -7,7 +7,7 @@ of at most RTT/2; the sample with the smallest RTT among the recent ones is the 
 
 from __future__ import annotations
 
-from collections import deque
+import threading
 from dataclasses import dataclass
 
 
@@ -23,25 +23,42 @@ def clock_sample(t0: int, t1: int, t3: int) -> ClockSample:
 
 
 class ClockOffset:
-    """Keeps the last `window` samples and reports the offset of the one with the smallest RTT."""
+    """Keeps the last `window` samples and reports the offset of the one with the smallest RTT.
+
+    Thread-safe: one thread adds (the client's I/O thread) while others read (the application). `add`
+    builds a new immutable tuple of samples and the best of them under a lock and publishes both as one
+    reference; readers take that reference once and never iterate a container another thread changes
+    (a deque read while appended raised "deque mutated during iteration", issue 16).
+    """
 
     def __init__(self, window: int = 16):
-        self._samples: deque[ClockSample] = deque(maxlen=window)
+        if window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
+        self._window = window
+        self._lock = threading.Lock()
+        self._state: tuple[tuple[ClockSample, ...], ClockSample | None] = ((), None)
 
     def add(self, sample: ClockSample) -> None:
-        self._samples.append(sample)
+        with self._lock:
+            samples = (self._state[0] + (sample,))[-self._window:]
+            self._state = (samples, min(samples, key=lambda s: s.rtt_ns))
+
+    @property
+    def samples(self) -> tuple[ClockSample, ...]:
+        """The recent samples, oldest first (an immutable snapshot)."""
+        return self._state[0]
 
     @property
     def known(self) -> bool:
-        return bool(self._samples)
+        return self._state[1] is not None
 
     @property
     def best(self) -> ClockSample | None:
-        return min(self._samples, key=lambda s: s.rtt_ns) if self._samples else None
+        return self._state[1]
 
     @property
     def offset_ns(self) -> int:
-        best = self.best
+        best = self._state[1]
         return best.offset_ns if best else 0
 
     def to_agent(self, viewer_ns: int) -> int:

@@ -122,11 +122,12 @@ def decode(data: bytes | memoryview, max_size: int = limits.MAX_INBOUND_TO_VIEWE
         raise ProtocolError(
             ErrorCode.TOO_LARGE, f"a '{msg_type}' message of {size} bytes exceeds its limit of {type_limit} bytes"
         )
-    seq = payload.get("seq", 0)
-    ts = payload.get("ts", 0)
+    # The envelope has no defaults: a message without `seq` or `ts` is malformed (docs/protocol.md, Envelope).
+    seq = payload.get("seq")
+    ts = payload.get("ts")
     for key, value in (("seq", seq), ("ts", ts)):
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ProtocolError(ErrorCode.PROTOCOL, f"the envelope key '{key}' must be an int")
+            raise ProtocolError(ErrorCode.PROTOCOL, f"the envelope key '{key}' is missing or not an int")
 
     kwargs = {}
     for f in dataclasses.fields(cls):

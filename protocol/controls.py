@@ -11,13 +11,16 @@ CONTROLS: dict[str, tuple[str, str]] = {
     "AwbEnable": ("bool", "automatic white balance"),
 }
 
-# Commands the agent understands. Long ones send progress events before their final reply.
-COMMANDS = (
-    "status",
-    "get_controls",
-    "set_controls",
-    "calibrate",
-    "cancel",
-    "clear_calibration",
-    "snapshot",
-)
+# Commands the agent understands, each with the argument names it accepts (docs/protocol.md, Commands).
+# Any other argument name is refused with `bad_argument`: a misspelt option must not be silently ignored.
+# Long commands send progress messages before their final reply.
+COMMAND_ARGS: dict[str, frozenset[str]] = {
+    "status": frozenset(),
+    "get_controls": frozenset(),
+    "set_controls": frozenset({"controls"}),
+    "calibrate": frozenset({"what", "target", "tolerance", "percentile"}),
+    "cancel": frozenset({"id"}),
+    "clear_calibration": frozenset(),
+    "snapshot": frozenset({"quality", "raw", "full_resolution"}),
+}
+COMMANDS = tuple(COMMAND_ARGS)

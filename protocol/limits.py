@@ -25,8 +25,12 @@ MAX_MESSAGE_SIZE = {
     "bye": 1 * KiB,
 }
 
-# What the agent accepts from any viewer at all (also set as the socket's MAXMSGSIZE).
-MAX_INBOUND_TO_AGENT = 256 * KiB
+# The largest message a viewer may send (its largest type, `command`): anything bigger gets `too_large`.
+MAX_VIEWER_MESSAGE = 256 * KiB
+# The agent socket's MAXMSGSIZE: a message above this is not even read (ZeroMQ drops the connection and the
+# viewer's socket reconnects). It lies above MAX_VIEWER_MESSAGE so that an oversized command between the
+# two is answered with a `too_large` error a client can see, instead of a silent disconnect.
+MAX_INBOUND_TO_AGENT = 1 * MiB
 # What a viewer accepts from an agent.
 MAX_INBOUND_TO_VIEWER = 64 * MiB
 

@@ -131,11 +131,14 @@ class Ping(Message):
 
 @dataclass(frozen=True)
 class Pong(Message):
-    """Agent → viewer: `t0` echoed, `t1` the agent's clock when the ping arrived (ns)."""
+    """Agent → viewer: `t0` echoed, `t1` the agent's clock when the ping arrived (ns), and `frames_sent`:
+    frames the agent sent this viewer in this session before the pong (frames travel on the same ordered
+    connection, so a viewer that has received fewer lost some)."""
 
     TYPE: ClassVar[str] = "pong"
     t0: int
     t1: int
+    frames_sent: int = 0
 
 
 @dataclass(frozen=True)

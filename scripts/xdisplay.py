@@ -18,8 +18,9 @@ import numpy as np
 SCREEN = "1280x1024x24"
 
 
-def missing_tools() -> list[str]:
-    missing = [tool for tool in ("Xvfb", "xdotool") if shutil.which(tool) is None]
+def missing_tools(window_manager: bool = False) -> list[str]:
+    tools = ("Xvfb", "xdotool") + (("openbox", "wmctrl") if window_manager else ())
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     try:
         import mss  # noqa: F401
     except ImportError:
@@ -43,6 +44,7 @@ class XServer:
         self.screen = screen
         self.process: subprocess.Popen | None = None
         self.display = ""
+        self._children: list[subprocess.Popen] = []
 
     def start(self, timeout: float = 10.0) -> "XServer":
         for number in range(91, 160):
@@ -110,7 +112,32 @@ class XServer:
             shot = np.asarray(grabber.grab(monitor))
         return np.ascontiguousarray(shot[:, :, :3])
 
+    def start_window_manager(self, timeout: float = 15.0) -> subprocess.Popen:
+        """Run openbox on this display (a window manager: decorations, the close button, Alt+F4) and wait
+        until it answers `wmctrl -m`; stopped with the server."""
+        manager = subprocess.Popen(["openbox", "--sm-disable"], env=self.env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        self._children.append(manager)
+        _poll(lambda: subprocess.run(["wmctrl", "-m"], env=self.env, capture_output=True, timeout=10).returncode == 0
+              or manager.poll() is not None, timeout, "openbox")
+        if manager.poll() is not None:
+            raise RuntimeError("openbox exited at start")
+        return manager
+
+    def close_window(self, window: str) -> None:
+        """Ask the window manager to close `window` gracefully, as its close button does (_NET_CLOSE_WINDOW,
+        which the manager turns into WM_DELETE_WINDOW)."""
+        subprocess.run(["wmctrl", "-i", "-c", window], env=self.env, check=True, timeout=20)
+
     def stop(self) -> None:
+        for child in getattr(self, "_children", []):
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(5)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+        self._children = []
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:

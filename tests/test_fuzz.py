@@ -187,9 +187,9 @@ class AgentHarness:
         self.sock.sent.clear()
         for item in self.server.mailbox.drain():
             if item[0] == "send":
-                out.append(self.server._sequencer.encode(item[2]))
+                out.append(p.encode(item[2]))
             elif item[0] == "broadcast":
-                out.append(self.server._sequencer.encode(item[1]))
+                out.append(p.encode(item[1]))
         decoded = []
         for payload in out:
             # Whatever the agent says must be a valid message for any viewer.

@@ -23,7 +23,7 @@ EXAMPLES = [
     p.Progress(id="x", step="measure", fraction=0.5, detail={"level": 700}),
     p.Event(name="camera_error", message="boom", detail={}),
     p.Ping(t0=1),
-    p.Pong(t0=1, t1=2),
+    p.Pong(t0=1, t1=2, frames_sent=3),
     p.Bye(reason="done"),
 ]
 
@@ -44,7 +44,7 @@ def test_every_type_has_an_example_and_a_limit():
 GOLDEN = {
     "credit": "85a17601a174a6637265646974a373657101a2747302a16e03",
     "ping": "85a17601a174a470696e67a373657101a2747302a2743001",
-    "pong": "86a17601a174a4706f6e67a373657101a2747302a2743001a2743102",
+    "pong": "87a17601a174a4706f6e67a373657101a2747302a2743001a2743102ab6672616d65735f73656e7403",
     "command": "88a17601a174a7636f6d6d616e64a373657101a2747302a2696405a46e616d65ac7365745f636f6e74726f6c73"
                "a46172677381a8636f6e74726f6c7381ac416e616c6f6775654761696ecb4000000000000000aa657870697265735f6e7363",
     "frame": "8ba17601a174a56672616d65a373657101a2747302a56672616d6507aa636170747572655f6e737ba57769647468"
@@ -72,17 +72,20 @@ def test_unknown_fields_are_ignored_and_defaults_apply():
     [
         (b"\xc1", "protocol", "msgpack"),
         (msgpack.packb([1, 2, 3]), "protocol", "map"),
-        (msgpack.packb({"t": "ping", "t0": 1}), "protocol", "'v'"),
-        (msgpack.packb({"v": 2, "t": "ping", "t0": 1}), "version", "version 2"),
-        (msgpack.packb({"v": 1, "t": "nonsense"}), "protocol", "unknown message type"),
-        (msgpack.packb({"v": 1, "t": "ping"}), "protocol", "required field 't0'"),
-        (msgpack.packb({"v": 1, "t": "ping", "t0": "soon"}), "protocol", "'t0'"),
-        (msgpack.packb({"v": 1, "t": "credit", "n": True}), "protocol", "'n'"),
-        (msgpack.packb({"v": 1, "t": "command", "id": [1], "name": "x"}), "protocol", "'id'"),
+        (msgpack.packb({"t": "ping", "seq": 1, "ts": 2, "t0": 1}), "protocol", "'v'"),
+        (msgpack.packb({"v": 2, "t": "ping", "seq": 1, "ts": 2, "t0": 1}), "version", "version 2"),
+        (msgpack.packb({"v": 1, "t": "nonsense", "seq": 1, "ts": 2}), "protocol", "unknown message type"),
+        (msgpack.packb({"v": 1, "t": "ping", "ts": 2, "t0": 1}), "protocol", "'seq'"),  # the envelope has no defaults
+        (msgpack.packb({"v": 1, "t": "ping", "seq": 1, "t0": 1}), "protocol", "'ts'"),
+        (msgpack.packb({"v": 1, "t": "ping", "seq": True, "ts": 2, "t0": 1}), "protocol", "'seq'"),
+        (msgpack.packb({"v": 1, "t": "ping", "seq": 1, "ts": 2}), "protocol", "required field 't0'"),
+        (msgpack.packb({"v": 1, "t": "ping", "seq": 1, "ts": 2, "t0": "soon"}), "protocol", "'t0'"),
+        (msgpack.packb({"v": 1, "t": "credit", "seq": 1, "ts": 2, "n": True}), "protocol", "'n'"),
+        (msgpack.packb({"v": 1, "t": "command", "seq": 1, "ts": 2, "id": [1], "name": "x"}), "protocol", "'id'"),
         (msgpack.packb({1: 2}), "protocol", "msgpack"),  # non-string keys are refused
-        (msgpack.packb({"v": 1, "t": "ping", "t0": msgpack.ExtType(1, b"x")}), "protocol", "extension"),
+        (msgpack.packb({"v": 1, "t": "ping", "seq": 1, "ts": 2, "t0": msgpack.ExtType(1, b"x")}), "protocol", "extension"),
         (b"\xdd\xff\xff\xff\xff", "protocol", "msgpack"),  # array32 header claiming 2**32-1 items
-        (msgpack.packb({"v": 1, "t": "ping", "t0": 1}) + b"\x00", "protocol", "msgpack"),  # trailing bytes
+        (msgpack.packb({"v": 1, "t": "ping", "seq": 1, "ts": 2, "t0": 1}) + b"\x00", "protocol", "msgpack"),  # trailing bytes
     ],
 )
 def test_malformed_input_is_a_clear_protocol_error(payload, code, words):

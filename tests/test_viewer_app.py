@@ -161,3 +161,15 @@ def test_connection_overlay_follows_the_client_state(start_agent, connect):
     after = app.compose()
     h, w = before.shape[:2]
     assert not np.array_equal(before[6:30, w - 260:], after[6:30, w - 260:])
+
+
+def test_record_key_with_an_unusable_save_directory_is_a_status_line_error(start_agent, connect, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    for save_dir in (blocker / "sub", blocker):  # under a file (cannot be made), a file (not a directory)
+        app = ViewerApp(connect(start_agent()), save_dir=save_dir)
+        poll(app, lambda: app.tile.last_image is not None)
+        app.handle_key(ord("r"))
+        assert app.tile.recorder is None
+        assert app.tile.status.startswith(f"cannot record to {save_dir}")
+        app.compose()  # the window goes on, the error on its status line

@@ -7,6 +7,7 @@ reads the window's pixels with an X screenshot (mss) and sends keys with xdotool
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -117,3 +118,47 @@ def test_window_draws_overlays_and_keys_reach_the_agent(xserver, start_agent, tm
             viewer.terminate()
             viewer.wait(5)
         log.close()
+
+
+@pytest.fixture
+def managed_xserver():
+    """Xvfb with a window manager (openbox): the close button and Alt+F4 exist only with one."""
+    if missing_tools(window_manager=True):
+        pytest.skip(f"needs {', '.join(missing_tools(window_manager=True))} (scripts/ensure_apt.sh)")
+    with XServer() as server:
+        server.start_window_manager()
+        yield server
+
+
+def start_viewer(server: XServer, agent, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
+    log_path, summary = tmp_path / "viewer.log", tmp_path / "summary.json"
+    viewer = subprocess.Popen(
+        [sys.executable, "-m", "host_viewer.cli", f"127.0.0.1:{agent.port}", "--summary-json", str(summary), *extra],
+        cwd=ROOT, env={**server.env, "PYTHONFAULTHANDLER": "1"}, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+    )
+    return viewer, log_path, summary
+
+
+@pytest.mark.parametrize("how", ["close button", "Alt+F4", "Ctrl-C"])
+def test_closing_the_window_quits_cleanly(managed_xserver, start_agent, tmp_path, how):
+    agent = start_agent(size=(320, 240), fps=30.0)
+    viewer, log_path, summary = start_viewer(managed_xserver, agent, tmp_path)
+    try:
+        window = managed_xserver.find_window("picamlink")
+        wait_until(lambda: managed_xserver.window_geometry(window)[2:] == (320, 240), 15, message="the video shown")
+        if how == "close button":
+            managed_xserver.close_window(window)
+        elif how == "Alt+F4":
+            managed_xserver.send_key(window, "alt+F4")
+        else:
+            viewer.send_signal(signal.SIGINT)
+        assert viewer.wait(15) == 0
+    finally:
+        if viewer.poll() is None:
+            viewer.kill()
+            viewer.wait(5)
+    output = log_path.read_text()
+    assert "Traceback" not in output, output
+    written = json.loads(summary.read_text())
+    assert written["frames"] >= 1
+    assert written.get("stopped_by") == ("SIGINT" if how == "Ctrl-C" else None)

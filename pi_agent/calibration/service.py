@@ -177,6 +177,7 @@ class CalibrationService:
                 raise CommandError(ErrorCode.CAMERA, f"calibration failed: the camera failed: {exc}") from None
             finally:
                 source.close()
+            job.check_cancelled()  # a cancel that came during the last step: keep the calibration in force
             if self._uncalibrated is None:
                 self._uncalibrated = dict(before_controls)
             self._record(outcome.result, outcome.table, outcome.tuning)
