@@ -158,6 +158,35 @@ class SensorInfo:
             return max(covering, key=lambda m: m.fps_max)
         return max(self.modes, key=lambda m: m.size[0] * m.size[1])
 
+    def describe_modes(self) -> str:
+        """The modes as a user reads them: "640x480 (cropped) 10-bit up to 206.65 fps, ...", smallest first."""
+        parts = []
+        for m in sorted(self.modes, key=lambda m: (m.size[0] * m.size[1], m.bit_depth)):
+            crop = "" if self.full_field(m) else " (cropped)"
+            parts.append(f"{m.size[0]}x{m.size[1]}{crop} {m.bit_depth}-bit up to {m.fps_max:g} fps")
+        return ", ".join(parts)
+
+    @property
+    def fps_min(self) -> float:
+        """The slowest frame rate: one frame of the longest exposure the sensor allows."""
+        return 1e6 / self.exposure_max_us
+
+    def mode_for(self, size: tuple[int, int], fps: float, raw_size: tuple[int, int] | None = None) -> SensorMode:
+        """The mode for a main stream of `size` at `fps` (`raw_size`: that mode exactly), or ValueError naming
+        the camera's own limits (its modes and rates, its longest frame) when it cannot be met."""
+        n = len(self.modes)
+        listed = f"the {self.model} lists {n} mode{'s' if n != 1 else ''}: {self.describe_modes()}"
+        if fps > 0 and fps < self.fps_min * (1 - 1e-6):
+            raise ValueError(f"{fps:g} fps is slower than the {self.model} can go: its longest frame is "
+                             f"{self.exposure_max_us / 1e6:.3g} s ({self.fps_min:.3g} fps)")
+        try:
+            mode = self.mode_of_size(raw_size) if raw_size is not None else self.choose_mode(size, fps)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; {listed}") from None
+        if fps > mode.fps_max + 1e-6:
+            raise ValueError(f"{size[0]}x{size[1]} at {fps:g} fps is more than the camera can do; {listed}")
+        return mode
+
     def mode_of_size(self, size: tuple[int, int]) -> SensorMode:
         for m in self.modes:
             if tuple(m.size) == tuple(size):
