@@ -232,9 +232,10 @@ class ViewerApp:
                 changed = True
         return changed
 
-    def run(self, duration: float | None = None, stop=None) -> ViewingSession:
+    def run(self, duration: float | None = None, stop=None, frames: int | None = None) -> ViewingSession:
         """Show the window until q/Esc, the window's close button (or Alt+F4), `duration` seconds, or `stop`
-        (anything with is_set(): the CLI's StopRequest for Ctrl-C and SIGTERM). Calibrations still running
+        (anything with is_set(): the CLI's StopRequest for Ctrl-C and SIGTERM), or `frames` frames shown by the
+        selected tile. Calibrations still running
         are cancelled on the agent, and recordings finished, before it returns."""
         cv2.namedWindow(self.title, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)  # no Qt toolbar: keys are ours
         end = time.monotonic() + duration if duration else float("inf")
@@ -251,6 +252,8 @@ class ViewerApp:
                 if changed or now - last_draw > REDRAW_INTERVAL_S:
                     cv2.imshow(self.title, self.compose())
                     last_draw = now
+                    if frames is not None and self.session.frames >= frames:
+                        break
                 key = cv2.waitKey(5)
                 if key != -1:
                     self.handle_key(key & 0xFF)

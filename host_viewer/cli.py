@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "none: find agents on the local network (mDNS)")
     p.add_argument("--headless", action="store_true", help="no window: receive, decode and summarise")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--frames", type=int, default=None, metavar="N",
+                   help="stop after N frames shown (decoded; recorded too with --record)")
     p.add_argument("--summary-json", metavar="FILE", help="write a JSON summary at exit ('-' for stdout)")
     p.add_argument("--credit", type=int, default=2, help="frames in flight (flow control), default 2")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="give up if no agent answers")
@@ -91,12 +93,16 @@ def trust_main(argv: list[str]) -> int:
 
 
 def run_headless(client: AgentClient, duration: float | None, recorder=None,
-                 session: ViewingSession | None = None, stop: StopRequest | None = None) -> ViewingSession:
-    """Receive, decode and measure (and record, if `recorder`) until `duration` has passed or `stop` is set."""
+                 session: ViewingSession | None = None, stop: StopRequest | None = None,
+                 frames: int | None = None) -> ViewingSession:
+    """Receive, decode and measure (and record, if `recorder`) until `duration` has passed, `frames` frames
+    were decoded in this call, or `stop` is set."""
     session = session or ViewingSession(client)
     end = time.monotonic() + duration if duration is not None else float("inf")
+    goal = session.frames + frames if frames is not None else None
     last = None
-    while time.monotonic() < end and not (stop is not None and stop.is_set()):
+    while (time.monotonic() < end and not (stop is not None and stop.is_set())
+           and (goal is None or session.frames < goal)):
         try:
             frame = client.wait_frame(timeout=min(0.2, max(0.01, end - time.monotonic())), newer_than=last)
         except TimeoutError:
@@ -307,10 +313,10 @@ def run(argv: list[str] | None = None) -> int:
                     print(f"host-viewer: cannot record: {exc}", file=sys.stderr)
                     return 2
             duration = args.duration
-            if duration is None and (args.snapshot or args.calibrate) and not args.record:
+            if duration is None and args.frames is None and (args.snapshot or args.calibrate) and not args.record:
                 duration = 0.0  # a snapshot or a calibration alone: done
             try:
-                run_headless(client, duration, recorder, session, stop)
+                run_headless(client, duration, recorder, session, stop, frames=args.frames)
             finally:
                 if recorder is not None:
                     summary["recording"] = recorder.close().as_dict()
@@ -330,7 +336,7 @@ def run(argv: list[str] | None = None) -> int:
                 app.tile.start_recording(Path(args.record))
             if args.snapshot:
                 app.tile.snapshot()
-            session = app.run(args.duration, stop=stop)
+            session = app.run(args.duration, stop=stop, frames=args.frames)
             summary = session.summary()
             summary["cameras"] = [tile.session.summary() for tile in app.tiles] if len(app.tiles) > 1 else None
             summary["snapshots"] = [s for tile in app.tiles for s in tile.snapshots]

@@ -36,7 +36,9 @@ from protocol import (
 )
 from protocol.limits import MAX_MESSAGE_SIZE
 
+from .api import TypedCommands
 from .credit import CreditGovernor
+from .errors import CommandFailed, command_error  # noqa: F401  (CommandFailed: the base of every command error)
 from .shared import ConnectionState, RecentItems
 
 log = logging.getLogger(__name__)
@@ -54,16 +56,6 @@ _BEHIND_A_TUNNEL = "if this address is a tunnel or proxy, check that the agent b
 
 class BadFrame(ValueError):
     """A frame's JPEG could not be decoded (a corrupt or hostile frame): skip it, the stream goes on."""
-
-
-class CommandFailed(Exception):
-    """The agent answered a command with an error (or it could not be delivered / timed out)."""
-
-    def __init__(self, code: str, message: str, detail: dict | None = None):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.detail = detail or {}
 
 
 @dataclass(frozen=True)
@@ -128,8 +120,11 @@ def _call_back(callback: Callable | None, message, what: str) -> None:
         log.exception("%s callback failed", what)
 
 
-class AgentClient:
-    """A connection to one agent. Thread-safe for the application; one internal I/O thread."""
+class AgentClient(TypedCommands):
+    """A connection to one agent. Thread-safe for the application; one internal I/O thread.
+
+    Typed commands (set_controls, get_controls, calibrate, snapshot, status) and the `frames()` iterator come
+    from TypedCommands; `command()` sends any command by name."""
 
     def __init__(self, address: str, *, credit: int = 2, context: zmq.Context | None = None,
                  silence_timeout: float = 1.5, ping_interval: float = 0.5, security=None,
@@ -200,7 +195,7 @@ class AgentClient:
             self._pending.clear()
         for p in pending:
             if not p.future.done():
-                p.future.set_exception(CommandFailed("closed", "the client was closed before a reply came"))
+                p.future.set_exception(command_error("closed", "the client was closed before a reply came"))
 
     def __enter__(self) -> "AgentClient":
         return self.start()
@@ -269,7 +264,7 @@ class AgentClient:
         command = Command(id=command_id, name=name, args=args or {}, expires_ns=expires)
         problem = self._unsendable(command)
         if problem is not None:
-            pending.future.set_exception(CommandFailed(*problem))
+            pending.future.set_exception(command_error(*problem))
             return pending
         with self._lock:
             self._pending[command_id] = pending
@@ -304,7 +299,7 @@ class AgentClient:
         try:
             return pending.future.result(timeout=timeout + 1.0)
         except TimeoutError:
-            raise CommandFailed("timeout", f"no reply to {name} within {timeout} s") from None
+            raise command_error("timeout", f"no reply to {name} within {timeout} s") from None
         finally:
             with self._lock:
                 self._pending.pop(pending.id, None)
@@ -577,10 +572,10 @@ class AgentClient:
         if error is None:
             pending.future.set_result(value)
         else:
-            pending.future.set_exception(CommandFailed(error.code, error.message, error.detail))
+            pending.future.set_exception(command_error(error.code, error.message, error.detail))
 
     def _fail(self, command_id: int, code: str, message: str) -> None:
         with self._lock:
             pending = self._pending.pop(command_id, None)
         if pending is not None and not pending.future.done():
-            pending.future.set_exception(CommandFailed(code, message))
+            pending.future.set_exception(command_error(code, message))

@@ -7,7 +7,7 @@ import os
 import secrets
 import socket
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from protocol import Event, Welcome
 from protocol.limits import PROTOCOL_VERSION
@@ -19,6 +19,7 @@ from .pipeline import CapturePipeline
 from .server import AgentServer
 from .state import StateStore
 from .snapshot import SnapshotCommand
+from .watchdog import Watchdog
 from .wire import plain
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,10 @@ class Agent:
 
     def __init__(self, camera: CameraBackend, listen: str, *, size=(640, 480), fps: float = 30.0, quality: int = 80,
                  name: str | None = None, security=None, session_timeout: float = 5.0, context=None,
-                 state_dir: str | None = None, announce: bool = False):
+                 state_dir: str | None = None, announce: bool = False,
+                 on_fatal: Callable[[str], None] | None = None):
+        """`on_fatal(reason)` is called (once, from the watchdog's thread) if a thread the agent needs ends
+        while it runs; `pi-agent` exits non-zero then. Without it the failure is only logged and `failed` set."""
         self.camera = camera
         self.size = tuple(size)
         self.fps = fps
@@ -60,6 +64,26 @@ class Agent:
         self._stopped = threading.Event()
         self.announce = announce  # mDNS/zeroconf announcement (pi_agent/announce.py)
         self.announcer = None
+        self._security = security
+        self.failed = threading.Event()  # set when the watchdog found a needed thread dead
+        self._on_fatal = on_fatal
+        self.watchdog = Watchdog(self._needed_threads, self._thread_died)
+
+    def _needed_threads(self) -> dict[str, threading.Thread | None]:
+        """The threads without which the agent serves no one (None: not running in this configuration)."""
+        threads: dict[str, threading.Thread | None] = {"agent-server": self.server.thread}
+        for thread in getattr(self.pipeline, "_threads", []):
+            threads[thread.name] = thread
+        threads["zap"] = getattr(self._security, "thread", None)
+        return threads
+
+    def _thread_died(self, names: list[str]) -> None:
+        if self._stopped.is_set():
+            return
+        self.failed.set()
+        reason = f"the agent's {', '.join(names)} thread(s) ended unexpectedly"
+        if self._on_fatal is not None:
+            self._on_fatal(reason)
 
     def welcome(self) -> Welcome:
         sensor = self.camera.sensor
@@ -95,6 +119,7 @@ class Agent:
     def start(self) -> int:
         self.port = self.server.start()
         self.pipeline.start()
+        self.watchdog.start()
         if self.announce:
             from .announce import Announcer
 
@@ -107,6 +132,7 @@ class Agent:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self.watchdog.stop()
         if self.announcer is not None:
             self.announcer.stop()
         self.router.cancel_all()

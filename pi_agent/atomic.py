@@ -24,7 +24,8 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or unlink in `directory` durable (a no-op where directories cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:  # some platforms cannot open directories; the rename is still atomic
@@ -60,7 +61,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o600) 
     except BaseException:
         _unlink_quietly(temp)
         raise
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
 
 def atomic_write_json(path: str | os.PathLike, value: Any, mode: int = 0o600, indent: int | None = 2) -> None:

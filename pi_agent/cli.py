@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -14,6 +15,8 @@ from .camera.factory import CAMERA_CHOICES, check_camera_kind, make_camera
 from .state import DEFAULT_STATE_DIR, StateStore
 
 log = logging.getLogger("pi_agent")
+
+EXIT_THREAD_DIED = 3  # a thread the agent needs ended (see pi_agent/watchdog.py)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -141,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     from .security import InsecureListen, server_security
 
     if args.clear_calibration:
-        removed = StateStore(args.state_dir).clear()
+        try:
+            removed = StateStore(args.state_dir).clear()
+        except OSError as exc:
+            print(f"pi-agent: --clear-calibration: cannot remove the saved calibration: {exc}", file=sys.stderr)
+            return 2
         log.info("calibration %s", f"cleared from {args.state_dir}" if removed else "was not saved; nothing to clear")
     try:
         security = server_security(args.listen, secure=args.secure, insecure=args.insecure,
@@ -153,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         camera = make_camera(args.camera, sensor=args.sensor, scene=args.scene,
                              colour_temperature=args.colour_temperature, seed=args.seed)
         limit_opencv_threads(camera)
+        stop = threading.Event()
+        fatal: list[str] = []
         agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality,
-                      state_dir=args.state_dir, name=args.name, announce=not args.no_announce, security=security)
+                      state_dir=args.state_dir, name=args.name, announce=not args.no_announce, security=security,
+                      on_fatal=lambda reason: (fatal.append(reason), stop.set()))
         port = agent.start()
     except (ValueError, RuntimeError) as exc:
         print(f"pi-agent: {exc}", file=sys.stderr)
@@ -162,10 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     log.info("streaming %s %dx%d at %g fps on port %d, %s (Ctrl-C to stop)",
              camera.sensor.model, args.size[0], args.size[1], args.fps, port,
              f"encrypted, agent key {security.keys.public}" if security else "plain text")
-    stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(1.0):  # wakes for signals on every platform
+        pass
+    if fatal:
+        # A thread the agent needs is dead: exit non-zero so that the service manager restarts it. The stop
+        # is bounded (threads are joined with timeouts); os._exit skips waiting on anything left hanging.
+        log.critical("%s; exiting with status %d so that the service restarts the agent", fatal[0], EXIT_THREAD_DIED)
+        agent.stop()
+        logging.shutdown()
+        os._exit(EXIT_THREAD_DIED)
     log.info("stopping")
     agent.stop()
     return 0

@@ -148,7 +148,8 @@ class CommandRouter:
             try:
                 outcome: Message = Result(id=command.id, value=plain(work(job)))
             except BaseException as exc:  # noqa: BLE001 - every outcome must produce one final reply
-                if controls_before is not None:
+                # An error that says the job's effect stays in force (e.g. done but not saved) keeps the controls.
+                if controls_before is not None and not getattr(exc, "in_force", False):
                     self._restore_controls(command.name, controls_before)
                 if on_failure is not None:
                     try:

@@ -175,6 +175,13 @@ class CurveServer:
         log.warning("refused a viewer with an unknown key %s (allow it with: pi-agent authorize %s)", text, text)
         return False
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The ZAP authenticator's thread (for the agent's watchdog): without it no handshake completes."""
+        with _authenticators_lock:
+            entry = _authenticators.get(id(self._context)) if self._context is not None else None
+        return getattr(entry[0], "thread", None) if entry is not None else None
+
     def apply_server(self, sock: zmq.Socket) -> None:
         """Before bind: make `sock` a CURVE server whose clients ZAP checks against the allowlist."""
         self._start_authenticator(sock.context)

@@ -85,7 +85,9 @@ class AgentServer:
         self._bound = threading.Event()
         self._bind_error: Exception | None = None
         self.bound_port: int | None = None
-        self.counters = {"received": 0, "bad_messages": 0, "frames_sent": 0, "frames_skipped": 0}
+        # handler_errors: exceptions in handling one message or mailbox item; the thread logged it and went on
+        self.counters = {"received": 0, "bad_messages": 0, "frames_sent": 0, "frames_skipped": 0,
+                         "handler_errors": 0}
 
     # called from other threads -----------------------------------------------------------------------
     def publish(self, frame: EncodedFrame) -> None:
@@ -101,6 +103,11 @@ class AgentServer:
     @property
     def viewer_count(self) -> int:
         return len(self.sessions)
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The socket thread (for the agent's watchdog); None before `start`."""
+        return self._thread
 
     # lifecycle ---------------------------------------------------------------------------------------
     def start(self, timeout: float = 5.0) -> int:
@@ -159,15 +166,19 @@ class AgentServer:
         next_sweep = time.monotonic() + 1.0
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(250))
+                try:
+                    events = dict(poller.poll(250))
+                except zmq.ContextTerminated:
+                    log.error("the ZeroMQ context was terminated; the socket thread ends")
+                    break
                 if events.get(sock):
                     self._drain_socket(sock)
                 if events.get(self.mailbox.fileno()):
                     for item in self.mailbox.drain():
-                        self._handle_item(sock, item)
+                        self._guarded(self._handle_item, sock, item, what=f"a {item[0]!r} item")
                 now = time.monotonic()
                 if now >= next_sweep:
-                    self._forget_silent(now)
+                    self._guarded(self._forget_silent, now, what="the sweep of silent viewers")
                     next_sweep = now + 1.0
         finally:
             for identity in list(self.sessions):
@@ -189,6 +200,12 @@ class AgentServer:
                 parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            except zmq.ContextTerminated:
+                raise
+            except zmq.ZMQError as exc:
+                self.counters["handler_errors"] += 1
+                log.warning("receiving failed: %s; the agent goes on", exc)
+                return
             self.counters["received"] += 1
             if len(parts) != 2:
                 self.counters["bad_messages"] += 1
@@ -203,7 +220,23 @@ class AgentServer:
                 user = body.get("User-Id") or ""
             except Exception:
                 pass
-            self._handle_bytes(sock, identity, body.buffer, user)
+            if not self._guarded(self._handle_bytes, sock, identity, body.buffer, user,
+                                 what=f"a message from viewer {identity.hex()}"):
+                self._send(sock, identity, Error(id=None, code=ErrorCode.INTERNAL,
+                           message="the agent failed to handle your last message (logged); it goes on serving"))
+
+    def _guarded(self, handler, *args, what: str) -> bool:
+        """Run one unit of the socket thread's work; an exception is logged and counted, never fatal to the
+        thread (it serves every other viewer). Any session may be gone afterwards. False if it raised."""
+        try:
+            handler(*args)
+            return True
+        except zmq.ContextTerminated:
+            raise
+        except Exception:
+            self.counters["handler_errors"] += 1
+            log.exception("error while handling %s; the agent goes on", what)
+            return False
 
     def _handle_bytes(self, sock: zmq.Socket, identity: bytes, data, user: str) -> None:
         try:
@@ -249,15 +282,19 @@ class AgentServer:
                                f"agent speaks {list(SUPPORTED_VERSIONS)}"))
             return
         credit = hello.credit if isinstance(hello.credit, int) else 2
-        self.sessions[identity] = Session(
+        welcome = self._welcome()
+        session = Session(
             identity=identity, client=hello.client[:80], credit=max(0, min(MAX_CREDIT, credit)),
             last_seen=time.monotonic(), user=user, capabilities=hello.capabilities[:32],
         )
+        self.sessions[identity] = session
         log.info("viewer %s connected (%s%s); %d viewer(s)", identity.hex()[:8], hello.client[:80],
                  f", key {user}" if user else "", len(self.sessions))
+        # The viewer may already have gone (hello, then close): the send forgets the session, so
+        # continue only with this very session, if it is still there.
         # welcome.version: the highest version both sides speak
-        self._send(sock, identity, dataclasses.replace(self._welcome(), version=max(common)))
-        self._offer_latest(sock, self.sessions[identity])
+        if self._send(sock, identity, dataclasses.replace(welcome, version=max(common))):
+            self._offer_latest(sock, session)
 
     def _command(self, identity: bytes, command: Command) -> None:
         if isinstance(command.id, str) and len(command.id) > MAX_COMMAND_ID_LEN:
@@ -289,6 +326,8 @@ class AgentServer:
         frame = self._latest
         if frame is None or session.credit <= 0 or session.sent_sequence >= frame.sequence:
             return
+        if self.sessions.get(session.identity) is not session:
+            return  # forgotten (or replaced by a new hello) since the caller looked it up
         if session.sent_sequence >= 0 and frame.sequence > session.sent_sequence + 1:
             self.counters["frames_skipped"] += frame.sequence - session.sent_sequence - 1
         if self._send_bytes(sock, session.identity, frame.payload):

@@ -56,3 +56,58 @@ def connect():
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def simulated_pi():
+    """simulated_pi(cameras=("imx219",), platform="vc4") -> tests.fakes.simulated_pi.SimulatedPi
+
+    A simulated Raspberry Pi running the REAL picamera2 (site-packages) on the simulated libcamera
+    (tests/fakes/libcamera). cameras: sensor names ("imx219", "imx477", "imx708", "ov5647") or
+    libcamera._machine.CameraModule(sensor, rotation, scene="chart"|"white"|"dark", colour_temperature, lux,
+    corner_shading, seed); platform: "vc4" (Pi 4) or "pisp" (Pi 5). One per test. Use:
+
+        pi = simulated_pi(["imx477"], "pisp")
+        picam2 = pi.picamera2.Picamera2(0)            # a bare picamera2 object
+        cam = Picamera2Camera(picamera2_module=pi.picamera2)   # picamlink's backend on it
+        pi.pipeline(0).last_raw                        # ground truth: the mosaic of the last frame
+
+    Everything opened is closed after the test."""
+    import contextlib
+
+    from tests.fakes.simulated_pi import simulated_pi as context
+
+    stack = contextlib.ExitStack()
+
+    def make(cameras=("imx219",), platform: str = "vc4"):
+        return stack.enter_context(context(cameras, platform))
+
+    yield make
+    stack.close()
+
+
+@pytest.fixture
+def picamera2_camera(simulated_pi):
+    """picamera2_camera(sensor="imx219", platform="vc4", size=(320, 240), fps=30.0, raw_size=None, start=True,
+    **Picamera2Camera kwargs) -> (Picamera2Camera, SimulatedPi)
+
+    picamlink's Picamera2 backend, configured (and started unless start=False), on a simulated Pi with one
+    camera. `sensor` may be a libcamera._machine.CameraModule for a scene, illuminant or rotation. Closed after
+    the test. Example: `cam, pi = picamera2_camera("imx708", "pisp", raw_size=(2304, 1296))`."""
+    from pi_agent.camera.picamera2_backend import Picamera2Camera
+
+    cameras = []
+
+    def make(sensor="imx219", platform: str = "vc4", size=(320, 240), fps: float = 30.0, raw_size=None,
+             start: bool = True, **kwargs):
+        pi = simulated_pi([sensor], platform)
+        cam = Picamera2Camera(picamera2_module=pi.picamera2, **kwargs)
+        cameras.append(cam)
+        cam.configure(size, fps, raw_size)
+        if start:
+            cam.start()
+        return cam, pi
+
+    yield make
+    for cam in cameras:
+        cam.close()

@@ -208,7 +208,8 @@ def test_state_store_round_trip_and_atomic_write(tmp_path):
     store.save({"sensor": "imx219", "lens_shading_table": table_to_json(table)})
     loaded = store.load()
     assert table_from_json(loaded["lens_shading_table"]).grid == (16, 12)
-    assert [p.name for p in store.directory.iterdir()] == ["calibration.json"]  # no temp files left
+    # no temporary files left: the names, and the one generation they point at (pi_agent/state.py)
+    assert sorted(p.name for p in store.directory.iterdir()) == ["calibration.json", "current", "generations"]
     store.path.write_text("{not json")
     assert store.load() is None  # a corrupt file is ignored, not fatal
     atomic_write_bytes(store.path, b"{}")

@@ -46,8 +46,8 @@ def _free_port() -> int:
 
 
 def _agent_command() -> list[str]:
-    script = Path(sys.executable).with_name("pi-agent")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pi_agent.cli"]
+    """`pi-agent` as the module of this checkout (run with cwd=ROOT), not whatever copy is installed."""
+    return [sys.executable, "-m", "pi_agent.cli"]
 
 
 class AgentProcess:

@@ -224,13 +224,13 @@ def test_command_line_agent_and_headless_viewer():
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         out = subprocess.run([sys.executable, "-m", "host_viewer.cli", f"127.0.0.1:{port}", "--headless",
-                              "--duration", "2", "--summary-json", "-"],
+                              "--frames", "11", "--summary-json", "-"],
                              capture_output=True, text=True, timeout=60, env=env)
         assert out.returncode == 0, out.stderr
         summary = json.loads(out.stdout)
         for key in ("frames", "fps", "width", "height", "age_ms_p50", "age_ms_p99", "sensor"):
             assert key in summary
-        assert summary["frames"] > 10 and (summary["width"], summary["height"]) == (320, 240)
+        assert summary["frames"] == 11 and (summary["width"], summary["height"]) == (320, 240)
         assert summary["sensor"] == "imx219"
     finally:
         agent.terminate()

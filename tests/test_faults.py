@@ -251,3 +251,126 @@ def test_both_sides_cap_inbound_size_at_the_socket():
         assert sock.getsockopt(zmq.IMMEDIATE) == 1
     finally:
         sock.close(linger=0)
+
+
+# --- peers that vanish: the socket thread survives everything a peer does (issue 17) ---------------------
+
+def _hello_then_close(ctx: zmq.Context, port: int, count: int) -> None:
+    """`count` viewers that say hello and close at once (linger lets the hello out; the welcome finds no one)."""
+    for _ in range(count):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        sock.send(p.encode(p.Hello(credit=2)))
+        sock.close()
+
+
+def test_300_hello_then_close_connections_leave_the_agent_serving(agents, connect):
+    agent = agents()
+    ctx = zmq.Context()
+    try:
+        _hello_then_close(ctx, agent.port, 300)
+        # The hellos reached the agent (ZeroMQ may lose the odd one whose socket closed mid-connect), most
+        # of them after their viewer had gone: the welcome finds no one.
+        wait_until(lambda: agent.server.counters["received"] >= 270, timeout=30, message="the hellos handled")
+    finally:
+        ctx.destroy(linger=0)
+    assert agent.server.thread.is_alive()
+    viewer = connect(agent)
+    first = viewer.wait_frame(timeout=10).sequence
+    viewer.wait_frame(newer_than=first + 5, timeout=10)
+    assert viewer.command("status")["viewers"] >= 1
+    assert agent.server.counters["handler_errors"] == 0  # the kind is fixed, not only caught
+    wait_until(lambda: agent.server.viewer_count == 1, timeout=15, message="the vanished viewers forgotten")
+    assert not agent.failed.is_set()
+
+
+def test_an_exception_while_handling_one_message_is_logged_counted_and_the_thread_goes_on(agents, connect, caplog):
+    agent = agents()
+    viewer = connect(agent)
+    viewer.wait_frame()
+    welcome = agent.server._welcome
+    calls = itertools.count()
+
+    def failing_once():
+        if next(calls) == 0:
+            raise RuntimeError("a bug in building the welcome")
+        return welcome()
+
+    agent.server._welcome = failing_once
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(f"tcp://127.0.0.1:{agent.port}")
+    try:
+        raw.send(p.encode(p.Hello(credit=0)))
+        assert raw.poll(5000)
+        reply = p.decode(raw.recv()).message
+        assert isinstance(reply, p.Error) and reply.code == p.ErrorCode.INTERNAL
+        raw.send(p.encode(p.Hello(credit=0)))  # the same peer again: served normally
+        assert raw.poll(5000) and isinstance(p.decode(raw.recv()).message, p.Welcome)
+    finally:
+        raw.close()
+    assert agent.server.counters["handler_errors"] == 1
+    assert "a bug in building the welcome" in caplog.text
+    newest = viewer.latest().sequence
+    viewer.wait_frame(newer_than=newest + 5, timeout=10)  # the other viewer never noticed
+    assert agent.server.thread.is_alive()
+
+
+def test_churn_of_viewers_that_leave_politely_or_vanish(agents, connect):
+    """Viewers come and go every way a viewer can: bye, abrupt close, hello-then-close, a non-reading one."""
+    agent = agents(fps=15)
+    steady = connect(agent, credit=4)
+    steady.wait_frame()
+    ctx = zmq.Context()
+    try:
+        for i in range(40):
+            if i % 4 == 0:
+                client = AgentClient(f"127.0.0.1:{agent.port}").start()
+                client.wait_connected(10)
+                client.wait_frame(timeout=10)
+                client.close()  # says bye
+            elif i % 4 == 1:
+                _hello_then_close(ctx, agent.port, 5)
+            else:
+                sock = ctx.socket(zmq.DEALER)  # says hello, never reads, then vanishes without bye
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(f"tcp://127.0.0.1:{agent.port}")
+                sock.send(p.encode(p.Hello(credit=8)))
+                wait_until(lambda: sock.poll(0), timeout=10, message="a welcome for the non-reading viewer")
+                sock.close()
+    finally:
+        ctx.destroy(linger=0)
+    newest = steady.latest().sequence
+    steady.wait_frame(newer_than=newest + 5, timeout=10)
+    assert steady.state == "connected" and agent.server.thread.is_alive()
+    assert agent.server.counters["handler_errors"] == 0
+    wait_until(lambda: agent.server.viewer_count == 1, timeout=15, message="every vanished viewer forgotten")
+
+
+WATCHDOG_SCRIPT = """
+import sys
+import pi_agent.server as server
+
+class Killed(BaseException):
+    '''Not an Exception: nothing in the socket thread catches it, so the thread ends.'''
+
+def die(self, now):
+    raise Killed("the socket thread is killed by the test")
+
+server.AgentServer._forget_silent = die
+from pi_agent.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_agent_exits_non_zero_when_a_thread_it_needs_dies(tmp_path):
+    """The socket thread dies (a fault no handler catches): pi-agent exits with status 3 so systemd restarts it."""
+    from pi_agent.cli import EXIT_THREAD_DIED
+
+    process = subprocess.run(
+        [sys.executable, "-c", WATCHDOG_SCRIPT, "--listen", "127.0.0.1:0", "--camera", "sim", "--no-announce",
+         "--state-dir", str(tmp_path), "--size", "160x120", "--fps", "10"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert process.returncode == EXIT_THREAD_DIED, process.stderr[-2000:]
+    assert "agent-server" in process.stderr and "restarts the agent" in process.stderr

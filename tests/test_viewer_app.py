@@ -72,13 +72,15 @@ def test_a_refused_command_shows_in_the_status_line(start_agent, connect):
 
 def test_stats_overlay_figures(start_agent, connect):
     app = ViewerApp(connect(start_agent(size=(320, 240), fps=30.0)))
-    poll(app, lambda: app.tile.received_meter.rate() > 3 and app.tile.session.fps_meter.rate() > 3,
+    poll(app, lambda: app.tile.received_meter.rate() > 0 and app.tile.session.fps_meter.rate() > 0,
          timeout=15, message="rates measured")
     text = "\n".join(stats_lines(app.tile))
     assert "fps received" in text and "Mbit/s" in text
     shown_dropped = int(re.search(r"dropped (\d+)", text).group(1))
     assert shown_dropped <= app.tile.client.frames_dropped  # the client's gap count (it only grows)
-    assert app.tile.link_meter.rate() * 8 / 1e6 > 0.1  # JPEG frames arrive at tens of kB each
+    # Bytes per received frame (a ratio of two rates over the same window, whatever the machine's speed): a
+    # 320x240 JPEG of the chart is several kB.
+    assert app.tile.link_meter.rate() / app.tile.received_meter.rate() > 3000
 
 
 def test_overlays_draw_over_the_video_and_toggle(start_agent, connect):

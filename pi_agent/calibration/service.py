@@ -47,6 +47,20 @@ def mono_refusal(what: str, model: str) -> str:
             "need colour channels it does not have. Calibrate 'exposure' instead")
 
 
+class NotPersisted(CommandError):
+    """The calibration ran and is in force, but saving it failed: the reply says so (never a saved path),
+    and the job keeps the new calibration in force (`in_force`) rather than rolling it back."""
+
+    in_force = True
+
+    def __init__(self, cause: Exception, result: dict[str, Any]):
+        reason = getattr(cause, "strerror", None) or str(cause)
+        super().__init__(ErrorCode.FAILED,
+                         f"calibration done and in force, but NOT persisted ({reason}): it will be lost when "
+                         f"the agent restarts; the files saved before are unchanged",
+                         detail={**result, "in_force": True, "persisted": False})
+
+
 class CalibrationService:
     """Registers the commands on `router` and keeps the calibration state (persisted when `store` is set)."""
 
@@ -56,6 +70,7 @@ class CalibrationService:
         self.store = store
         self._lock = threading.Lock()
         self.state: dict[str, Any] = {}
+        self._persisted = True  # False while the state in force failed to save
         # The requested controls before any calibration result was put in force: what clear_calibration
         # puts back (None: no calibration applied since start).
         self._uncalibrated: dict[str, Any] | None = None
@@ -98,9 +113,11 @@ class CalibrationService:
         """What is in force (for the welcome and status): small, no tables."""
         with self._lock:
             state = dict(self.state)
+        persisted = self.store is not None and self._persisted
         out: dict[str, Any] = {"in_force": bool(state.get("results")), "saved": state.get("saved"),
-                               "state_file": str(self.store.path) if self.store else None}
-        if self.store and state.get("lens_shading_table"):
+                               "persisted": persisted and bool(state.get("results")),
+                               "state_file": str(self.store.path) if persisted else None}
+        if persisted and state.get("lens_shading_table"):
             out["tuning_file"] = str(self.store.tuning_path)
         out["controls"] = state.get("controls", {})
         out.update(state.get("results", {}))
@@ -131,11 +148,12 @@ class CalibrationService:
             self.state = state
         if self.store is not None:
             try:
-                self.store.save(state)
-                if tuning is not None:
-                    self.store.save_tuning(tuning)
-            except OSError as exc:
-                log.error("could not save the calibration to %s: %s", self.store.path, exc)
+                self.store.save(state, tuning)  # calibration.json and tuning.json as one unit
+            except (OSError, ValueError) as exc:
+                log.error("calibration in force but NOT saved to %s: %s", self.store.directory, exc)
+                self._persisted = False
+                raise NotPersisted(exc, result) from None
+            self._persisted = True
 
     # commands ---------------------------------------------------------------------------------------
     def _calibrate(self, command: Command, reply) -> None:
@@ -156,8 +174,11 @@ class CalibrationService:
         camera = self.context.camera
         before_controls = camera.controls()  # the whole requested set: a failed run puts back exactly this
         before_table = camera.lens_shading
+        not_persisted = threading.Event()  # set when the result is in force but could not be saved
 
         def restore() -> None:
+            if not_persisted.is_set():
+                return  # the new calibration stays in force; only saving it failed
             log.info("calibration stopped: restoring controls %s", before_controls)
             if camera.lens_shading is not before_table:
                 camera.apply_lens_shading(before_table if before_table is not None
@@ -180,7 +201,11 @@ class CalibrationService:
             job.check_cancelled()  # a cancel that came during the last step: keep the calibration in force
             if self._uncalibrated is None:
                 self._uncalibrated = dict(before_controls)
-            self._record(outcome.result, outcome.table, outcome.tuning)
+            try:
+                self._record(outcome.result, outcome.table, outcome.tuning)
+            except NotPersisted:
+                not_persisted.set()
+                raise
             value = dict(outcome.result)
             if self.store is not None:
                 value["state_file"] = str(self.store.path)
@@ -194,11 +219,16 @@ class CalibrationService:
     def _clear(self, command: Command, reply) -> dict[str, Any]:
         self.context.lease.check_free()
         camera = self.context.camera
+        # Files first: if they cannot be removed, nothing changes (camera and files keep agreeing).
+        try:
+            removed = self.store.clear() if self.store is not None else False
+        except OSError as exc:
+            raise CommandError(ErrorCode.FAILED, f"clear_calibration: could not remove the saved calibration "
+                                                 f"({exc.strerror or exc}); it stays saved and in force") from None
         camera.apply_lens_shading(LensShadingTable.flat(GRIDS[camera.tuning_target]))
-        if self._uncalibrated is not None:  # nothing was calibrated since start: the controls stay as they are
+        if self._uncalibrated is not None:  # the requested set from before the first calibration (None: none ran)
             camera.restore_controls(self._uncalibrated)
             self._uncalibrated = None
-        removed = self.store.clear() if self.store is not None else False
         with self._lock:
             self.state = {}
         return {"cleared": True, "state_file_removed": removed}

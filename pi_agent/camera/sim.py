@@ -633,6 +633,14 @@ class SimulatedCamera(CameraBackend):
                              bit_depth=m.bit_depth, black_level=black,
                              extra={"sim_time": sim_time, "still": True, "still_index": index})
 
+    def expose(self, mode: SensorMode, exposure_us: float, gain: float, sim_time: float,
+               rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """The sensor alone, for the simulated libcamera under tests/fakes: the raw mosaic (uint16 (h, w), this
+        simulator's upright Bayer order) of one frame of `mode` exposed `exposure_us` at analogue `gain`, the
+        scene at `sim_time` s, noise from `rng`; returns (raw, black level at the mode's depth). No ISP, no IPA:
+        those are the double's own."""
+        return self._render_still(mode, exposure_us, gain, sim_time, rng)
+
     def _render_still(self, m: SensorMode, t_us: float, gain: float, sim_time: float,
                       rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """The raw mosaic of mode `m` exposed for t_us at `gain`: the same physics as `_render` (full-well
