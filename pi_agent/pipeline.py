@@ -169,18 +169,20 @@ class CapturePipeline:
             return 0.0
         return (len(window) - 1) / max(window[-1] - window[0], 1e-9)
 
-    def capture_timeout(self) -> float:
+    def capture_timeout(self, startup: bool = False) -> float:
         """Seconds before a capture counts as a camera failure: follows the frame duration and exposure in
-        force and requested (camera.base.capture_timeout), so a 2.5 s frame period is not a stall."""
+        force and requested (camera.base.capture_timeout), so a 2.5 s frame period is not a stall; `startup`:
+        the first frame after (re)starting the camera, which libcamera may precede by hidden startup frames."""
         camera = self.camera
-        return capture_timeout(camera.configuration, camera.controls(), self.last_metadata)
+        return capture_timeout(camera.configuration, camera.controls(), self.last_metadata, startup)
 
     # threads ---------------------------------------------------------------------------------------
     def _capture_loop(self) -> None:
         failures = 0  # consecutive failed captures; reset by the first good frame
+        startup = True  # no frame yet since the camera (re)started
         while not self._stop.is_set():
             try:
-                frame = self.camera.capture(timeout=self.capture_timeout())
+                frame = self.camera.capture(timeout=self.capture_timeout(startup))
             except Exception as exc:  # CameraError, or a backend bug: either way report and reopen
                 if self._stop.is_set():
                     return
@@ -193,7 +195,9 @@ class CapturePipeline:
                 self._on_event("camera_error", f"capture failed: {exc}; reopening the camera",
                                {"failures": failures, "error": str(exc)[:200]})
                 self._recover(failures)
+                startup = True
                 continue
+            startup = False
             if failures:
                 log.info("camera recovered after %d failed capture(s)", failures)
                 self._on_event("camera_recovered", f"frames are flowing again after {failures} failed capture(s)",

@@ -233,7 +233,10 @@ def hardware_gain_map(gains: np.ndarray, size: tuple[int, int], platform: str) -
 
 
 def channel_sites(order: str) -> np.ndarray:
-    """2x2 channel index (0 R, 1 G, 2 B) of a Bayer order such as "BGGR"."""
+    """2x2 channel index (0 R, 1 G, 2 B) of a Bayer order such as "BGGR"; MONO (no colour filter) is all one
+    channel, which colour gains and Cr/Cb tables leave alone."""
+    if order == "MONO":
+        return np.ones((2, 2), dtype=np.int64)
     return np.array([["RGB".index(order[0]), "RGB".index(order[1])],
                      ["RGB".index(order[2]), "RGB".index(order[3])]])
 
@@ -294,7 +297,8 @@ class IspPipeline:
         """(h, w, 3) uint8 B, G, R images, one per output (crop, then scale to the output size)."""
         x = self.corrected(raw, colour_gains, digital_gain)
         mosaic = np.clip(x * 65535.0, 0, 65535).astype(np.uint16)
-        bgr = cv2.cvtColor(mosaic, _CV_BAYER[self.order])
+        # a mono sensor's ISP output is grey in every channel (no demosaic; the mono tunings have no rpi.ccm)
+        bgr = cv2.cvtColor(mosaic, cv2.COLOR_GRAY2BGR if self.order == "MONO" else _CV_BAYER[self.order])
         ccm = self.ccm_for(ct)[::-1, ::-1].copy()  # acting on B, G, R vectors
         images = []
         for (cx, cy, cw, ch), (w, h) in zip(self.crops, self.sizes):
