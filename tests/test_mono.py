@@ -121,3 +121,18 @@ def test_mono_exposure_calibrates_and_colour_calibrations_are_refused(start_agen
     wait_until(lambda: len(level) >= 2, timeout=5, message="two frames")
     agent.pipeline.remove_listener(listener)
     assert abs(level[-1] - value["target"]) <= 0.06 * value["target"]
+
+
+def test_a_mono_snapshot_saves_as_a_monochrome_dng(start_agent, connect, tmp_path):
+    rawpy = pytest.importorskip("rawpy")
+    from host_viewer.snapshot import save_snapshot
+    from protocol import unpack_array
+
+    agent = start_agent(camera=SimulatedCamera(sensor="ov9281", seed=1), size=(640, 400))
+    client = connect(agent)
+    value = client.command("snapshot", {"raw": True}, timeout=30)
+    files = save_snapshot(value, tmp_path)
+    with rawpy.imread(str(files.raw)) as dng:
+        assert dng.num_colors == 1  # no colour filter pattern claimed
+        np.testing.assert_array_equal(dng.raw_image, unpack_array(value["raw"], "raw"))
+        assert dng.white_level == 1023 and list(dng.black_level_per_channel)[0] == 64
