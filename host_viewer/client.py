@@ -39,12 +39,20 @@ from protocol.limits import MAX_MESSAGE_SIZE
 from .api import TypedCommands
 from .credit import CreditGovernor
 from .errors import CommandFailed, command_error  # noqa: F401  (CommandFailed: the base of every command error)
+from .security import how_to_authorize, how_to_trust
 from .shared import ConnectionState, RecentItems
 
 log = logging.getLogger(__name__)
 
 MONITORED_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                    | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED)
+# What the TCP connection says before any ZeroMQ handshake (the state's detail while connecting): nothing
+# listens (the connect was refused and is being retried), or something listens that does not greet as ZMTP
+# within NOT_ZMTP_AFTER_S of accepting us (measured on loopback: an agent greets in about a millisecond).
+CONNECTION_REFUSED = "connection refused"
+NOT_ZMTP = "no ZeroMQ greeting"
+NOT_ZMTP_AFTER_S = 1.0
 
 CLIENT_NAME = "host-viewer 0.1.0"
 _MONITOR_IDS = itertools.count(1)
@@ -128,7 +136,8 @@ class AgentClient(TypedCommands):
 
     def __init__(self, address: str, *, credit: int = 2, context: zmq.Context | None = None,
                  silence_timeout: float = 1.5, ping_interval: float = 0.5, security=None,
-                 client_name: str = CLIENT_NAME, on_event: Callable[[Event], None] | None = None):
+                 client_name: str = CLIENT_NAME, on_event: Callable[[Event], None] | None = None,
+                 config_dir=None):
         self.address = address
         host, port = parse_address(address)
         self.endpoint = tcp_endpoint(host, port)
@@ -140,6 +149,7 @@ class AgentClient(TypedCommands):
         self._silence_timeout = silence_timeout
         self._ping_interval = ping_interval
         self._security = security  # applies CURVE client options, or None for plain text
+        self._config_dir = config_dir if config_dir is not None else getattr(security, "config_dir", None)
         self._client_name = client_name
         self._on_event = on_event
         self._sequencer = Sequencer(time.monotonic_ns)
@@ -170,6 +180,7 @@ class AgentClient(TypedCommands):
         self.reconnects = 0
         self._last_sequence: int | None = None
         self._welcome_event = threading.Event()
+        self._tcp_connected_at: float | None = None  # TCP up, ZeroMQ handshake not yet done (I/O thread only)
         self._pings_sent: deque[int] = deque(maxlen=16)  # t0 of recent pings, to match pongs
 
     # lifecycle ---------------------------------------------------------------------------------------
@@ -212,7 +223,7 @@ class AgentClient(TypedCommands):
         """Replace the connection state in one assignment (readers on other threads see old or new, whole)."""
         current = self.connection
         if (state, detail, hint) != (current.state, current.detail, current.hint):
-            since = current.since if state == current.state else time.monotonic()
+            since = current.since if (state, detail) == (current.state, current.detail) else time.monotonic()
             self.connection = ConnectionState(state, detail, hint, since)
 
     @property
@@ -345,21 +356,31 @@ class AgentClient(TypedCommands):
             except zmq.ZMQError:
                 return
             kind, value = event["event"], event["value"]
+            if kind == zmq.EVENT_CONNECTED:
+                self._tcp_connected_at = time.monotonic()
+                continue
+            if kind == zmq.EVENT_CONNECT_RETRIED:
+                self._tcp_connected_at = None
+                if self.state in ("connecting", "reconnecting") and self.state_detail != CONNECTION_REFUSED:
+                    self._set_state(self.state, CONNECTION_REFUSED,
+                                    f"nothing accepts connections at {self.address}: is pi-agent running there, "
+                                    f"listening on that port (pi-agent --listen 0.0.0.0:PORT for the network)?")
+                continue
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._tcp_connected_at = None
                 if self.state == "refused":
                     self._set_state("connecting")
                 continue
             if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 detail = "not authorised"
                 hint = (f"the agent at {self.address} does not know this viewer's key: on the Pi run "
-                        f"`pi-agent authorize {self._viewer_public_key()}`" if self._security is not None else
+                        f"`{how_to_authorize(self._viewer_public_key())}`" if self._security is not None else
                         f"the agent at {self.address} refused this viewer")
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
                 if self._security is None:
                     detail = "the agent requires encryption"
-                    hint = (f"the agent at {self.address} is encrypted and its key is unknown here: run `pi-agent keys` "
-                            f"on the Pi and pass --agent-key KEY, or add '{self.address} KEY' to "
-                            f"~/.config/picamlink/known_agents")
+                    hint = (f"the agent at {self.address} is encrypted and its key is unknown here: "
+                            f"{how_to_trust(self.address, self._config_dir)}")
                 else:
                     detail = "the agent is not encrypted"
                     hint = (f"the agent at {self.address} streams in plain text although its key is known here; "
@@ -370,17 +391,17 @@ class AgentClient(TypedCommands):
                 if self._security is None:
                     detail = "handshake failed"
                     hint = (f"the ZeroMQ handshake with {self.address} failed; if the agent requires encryption, "
-                            f"run `pi-agent keys` on the Pi and pass --agent-key KEY, or add '{self.address} KEY' "
-                            f"to ~/.config/picamlink/known_agents; {_BEHIND_A_TUNNEL}")
+                            f"{how_to_trust(self.address, self._config_dir)}; {_BEHIND_A_TUNNEL}")
                 else:
                     detail = "agent key mismatch"
                     hint = (f"the agent at {self.address} does not hold the key this viewer trusts for it (another "
                             f"machine, or new keys): compare with `pi-agent keys` on the Pi before changing "
-                            f"--agent-key or known_agents; {_BEHIND_A_TUNNEL}")
+                            f"--agent-key or `host-viewer trust`; {_BEHIND_A_TUNNEL}")
             else:
                 continue
+            self._tcp_connected_at = None
             if self.state != "refused" or self.state_detail != detail:
-                log.warning("%s", hint)
+                log.info("%s", hint)  # the state carries it; the window and the CLI show it once
             self._set_state("refused", detail, hint)
 
     def _run(self) -> None:
@@ -435,12 +456,14 @@ class AgentClient(TypedCommands):
                         except zmq.Again:
                             break
                         self._handle(sock, data)
+                self._check_greeting()
                 if time.monotonic() - last_heard > self._silence_timeout:
                     # Nothing heard: the agent died or restarted. A fresh socket and a new hello.
                     if self.state == "connected":
                         log.info("agent %s silent for %.1f s; reconnecting", self.address, self._silence_timeout)
                     if self.state != "refused":  # keep saying why until an agent takes us
-                        self.state = "reconnecting" if self.welcome is not None else "connecting"
+                        self._set_state("reconnecting" if self.welcome is not None else "connecting",
+                                        self.state_detail, self.state_hint)
                     self.reconnects += 1
                     poller.unregister(sock)
                     poller.unregister(monitor)
@@ -451,12 +474,23 @@ class AgentClient(TypedCommands):
                     poller.register(monitor, zmq.POLLIN)
                     last_heard = time.monotonic()
                     next_hello = 0.0
+                    self._tcp_connected_at = None
         finally:
             try:
                 sock.send(self._sequencer.encode(Bye(reason="viewer closing")), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             self._close_socket(sock, monitor)
+
+    def _check_greeting(self) -> None:
+        """A TCP peer that accepted us but has not completed a ZeroMQ handshake after NOT_ZMTP_AFTER_S is not
+        a picamlink agent (an SSH or web server, a wrong port): say so while retrying."""
+        since = self._tcp_connected_at
+        if (since is not None and time.monotonic() - since > NOT_ZMTP_AFTER_S
+                and self.state in ("connecting", "reconnecting") and self.state_detail != NOT_ZMTP):
+            self._set_state(self.state, NOT_ZMTP,
+                            f"something at {self.address} accepted the connection but did not answer as a ZeroMQ "
+                            f"peer within {NOT_ZMTP_AFTER_S:g} s: is this pi-agent's port?")
 
     @staticmethod
     def _close_socket(sock: zmq.Socket, monitor: zmq.Socket) -> None:

@@ -182,6 +182,9 @@ def draw_help(image: np.ndarray, lines: list[str]) -> None:
     draw_text_block(image, lines, origin=(x0, y0))
 
 
+OVERLAY_NAMES = ("stats", "controls", "histogram", "progress", "connection")
+
+
 def standard_overlays() -> list[Overlay]:
     return [
         Overlay("stats", "1", "overlay: fps received/shown, frame age, dropped, link Mbit/s", draw_stats),

@@ -151,7 +151,7 @@ def _finishes(fn, within: float) -> bool:
 def test_a_stalled_camera_never_blocks_controls_or_stop(picamera2_camera):
     cam, pi = picamera2_camera("imx219", "vc4")
     cam.capture(timeout=5)
-    pi.pipeline(0).stalled.set()  # no frame completes any more (one already being made may still arrive)
+    pi.pipeline(0).disconnect()  # no frame completes any more (one already being made may still arrive)
     for _ in range(3):
         try:
             cam.capture(timeout=0.5)
@@ -175,7 +175,7 @@ def test_a_stalled_camera_never_blocks_controls_or_stop(picamera2_camera):
     assert "no frame" in outcome.get("error", "")
     # the timed-out capture job must not sit in front of stop() in picamera2's queue
     assert _finishes(cam.stop, within=10.0), "stop() waited behind the timed-out capture job"
-    pi.pipeline(0).stalled.clear()
+    pi.pipeline(0).reconnect()
     cam.start()
     frame = cam.capture(timeout=10)
     np.testing.assert_array_equal(frame.raw, pi.pipeline(0).last_raw)
@@ -186,10 +186,10 @@ def test_the_agent_recovers_from_a_stalled_camera(simulated_pi, start_agent, con
     agent = start_agent(camera=Picamera2Camera(picamera2_module=pi.picamera2), size=(320, 240), fps=30.0)
     client = connect(agent)
     wait_until(client.latest, timeout=10, message="a frame")
-    pi.pipeline(0).stalled.set()
+    pi.pipeline(0).disconnect()
     wait_until(lambda: client.event_counts.get("camera_error"), timeout=20, message="the stall reported")
     assert _finishes(lambda: client.command("get_controls", timeout=5), within=6.0)
-    pi.pipeline(0).stalled.clear()
+    pi.pipeline(0).reconnect()
     wait_until(lambda: client.event_counts.get("camera_recovered"), timeout=30, message="recovered")
     seq = client.latest().sequence
     wait_until(lambda: client.latest().sequence > seq, timeout=10, message="frames flow again")

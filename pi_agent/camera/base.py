@@ -169,6 +169,12 @@ class CameraBackend(abc.ABC):
     def apply_lens_shading(self, table: LensShadingTable) -> None:
         """Put a lens shading table in force (on a Pi: rewrite rpi.alsc and reopen the camera)."""
 
+    def clear_lens_shading(self) -> None:
+        """Put back the lens shading the camera had before any table was applied: the stock tuning's own
+        (adaptive) table on a Pi, none on the simulator. Not a flat table: that would switch off the
+        correction the stock tuning does."""
+        self.apply_lens_shading(None)
+
     @property
     def configuration(self) -> dict[str, Any]:
         return {}

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from .base import LensShadingTable
+from .limits import isp_crop
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ class Isp:
     ):
         self.raw_size = (int(raw_size[0]), int(raw_size[1]))
         self.main_size = tuple(main_size) if main_size else self.raw_size
+        # The part of the sensor output scaled to the main size: the largest centred rectangle of the main
+        # size's aspect ratio, as the Pi's pipeline sets it (limits.isp_crop): a 16:9 main stream from a 4:3
+        # mode is cropped, never squashed.
+        self.crop = isp_crop(self.raw_size, self.main_size)
         self.bayer_order = bayer_order
         self.bit_depth = bit_depth
         self.black_level = int(black_level)
@@ -161,8 +166,11 @@ class Isp:
         """The main stream: HxWx3 BGR uint8 at main size, or with linear=True float32 linear-light BGR
         (1.0 = white, after the colour matrix, before gamma; not clipped by the matrix)."""
         bgr = cv2.cvtColor(self.corrected_mosaic(raw, colour_gains), self._cv_code)
-        if self.main_size != self.raw_size:
-            shrink = self.main_size[0] < self.raw_size[0] and self.main_size[1] < self.raw_size[1]
+        x, y, w, h = self.crop
+        if (w, h) != self.raw_size:
+            bgr = bgr[y : y + h, x : x + w]
+        if self.main_size != (w, h):
+            shrink = self.main_size[0] < w and self.main_size[1] < h
             bgr = cv2.resize(bgr, self.main_size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         if linear:
             f = bgr.astype(np.float32) * np.float32(1.0 / 65535.0)
