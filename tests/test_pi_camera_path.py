@@ -109,7 +109,7 @@ def test_modes_come_from_the_camera_and_a_one_mode_camera_streams_and_takes_stil
         assert [m.size for m in cam.sensor.modes] == [(2304, 1296)]  # not the table's three IMX708 modes
         with pytest.raises(ValueError) as err:
             cam.configure((640, 360), 60.0)
-        assert "2304x1296" in str(err.value) and "30 fps" in str(err.value) and "1 mode" in str(err.value)
+        assert "2304x1296" in str(err.value) and "30 fps" in str(err.value)
         cam.configure((640, 360), 30.0)
         cam.start()
         frame = cam.capture(timeout=10)

@@ -287,13 +287,8 @@ class CalibrationService:
         except OSError as exc:
             raise CommandError(ErrorCode.FAILED, f"clear_calibration: could not remove the saved calibration "
                                                  f"({exc.strerror or exc}); it stays saved and in force") from None
-<<<<<<< HEAD
-        camera.apply_lens_shading(LensShadingTable.flat(GRIDS[camera.tuning_target]))
-        if self._uncalibrated is not None:  # the requested set from before the first calibration (None: none ran)
-=======
         camera.clear_lens_shading()  # the stock (adaptive, on a Pi) table, not a flat one
-        if self._uncalibrated is not None:  # nothing was calibrated since start: the controls stay as they are
->>>>>>> main
+        if self._uncalibrated is not None:  # the requested set from before the first calibration (None: none ran)
             camera.restore_controls(self._uncalibrated)
             self._uncalibrated = None
         with self._lock:

@@ -35,6 +35,7 @@ import numpy as np
 
 from .base import CameraBackend, CameraError, CapturedFrame, LensShadingTable
 from .requested import merge_requested
+from .limits import check_stream_request
 from .raw_unpack import RawFormatError, parse_raw_format, unpack_raw
 from .sensors import MONO, SensorInfo, SensorMode, _mode, sensor_for
 from .tuning import TuningError, grid_for_target, target_of, with_lens_shading
@@ -306,6 +307,8 @@ class Picamera2Camera(CameraBackend):
             if self._cam is None:
                 raise CameraError("camera is closed")
             base = self._camera_sensor
+            if raw_size is None:  # the same sentence as the simulator's, from the modes this camera lists
+                check_stream_request(base.model, base.modes, (w, h), fps)
             mode = base.mode_for((w, h), fps, raw_size)  # ValueError naming the camera's own modes and rates
             pmode = self._picamera2_mode(mode)
             if fps > 0:
@@ -412,17 +415,12 @@ class Picamera2Camera(CameraBackend):
             try:
                 request = cam.wait(job, timeout)
             except TimeoutError:
-<<<<<<< HEAD
                 _abandon(cam, job)
                 raise CameraError(f"no frame from the camera within {timeout:.3g} s") from None
             except CancelledError:
                 if time.monotonic() < deadline:
                     continue  # the camera was stopped or switched meanwhile: ask the camera as it is now
                 raise CameraError("capture cancelled: the camera was stopped") from None
-=======
-                self._drop_stuck_jobs(cam)
-                raise CameraError(f"no frame from the camera within {timeout} s") from None
->>>>>>> main
             except RuntimeError as exc:
                 raise CameraError(f"capture failed: {exc}") from exc
             with self._request_lock:
@@ -449,17 +447,6 @@ class Picamera2Camera(CameraBackend):
             black = self.sensor.black_level
         return CapturedFrame(main=_main_to_bgr(main, main_format), raw=raw, metadata=metadata, sequence=sequence,
                              bayer_order=fmt.bayer_order, bit_depth=bits, black_level=black)
-
-    @staticmethod
-    def _drop_stuck_jobs(cam) -> None:
-        """A job whose wait timed out stays at the head of picamera2's job list (picamera2.py
-        `dispatch_functions`, `process_requests`): every later job — a capture, and `stop()` itself while the
-        event loop runs — would queue behind it until a frame arrives, which a stalled camera never sends.
-        `cancel_all_and_flush()` is picamera2's remedy for exactly this (its docstring)."""
-        try:
-            cam.cancel_all_and_flush()
-        except Exception:  # noqa: BLE001 - best effort; the timeout is what gets reported
-            log.exception("clearing picamera2's job queue after a timeout failed")
 
     # ================================================================ full-resolution still
     def capture_still(self, timeout: float = 5.0) -> CapturedFrame:
@@ -497,13 +484,8 @@ class Picamera2Camera(CameraBackend):
                     job = cam.switch_mode_capture_request_and_stop(still, wait=False)
                     request = cam.wait(job, timeout)
                 except TimeoutError:
-<<<<<<< HEAD
                     _abandon(cam, job)  # else the stop below would queue behind it forever
                     raise CameraError(f"no full-resolution frame within {timeout:.3g} s") from None
-=======
-                    self._drop_stuck_jobs(cam)
-                    raise CameraError(f"no full-resolution frame within {timeout} s") from None
->>>>>>> main
                 except (RuntimeError, ValueError) as exc:
                     raise CameraError(f"full-resolution still failed: {exc}") from exc
                 try:

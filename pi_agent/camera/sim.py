@@ -116,15 +116,9 @@ class SimulatedCamera(CameraBackend):
         if fps < 0:
             raise ValueError(f"fps must be ≥ 0 (0: free-running), got {fps}")
         s = self._sensor
-<<<<<<< HEAD
-        mode = s.mode_for((w, h), fps, raw_size)
-=======
         if raw_size is None:
             check_stream_request(s.model, s.modes, (w, h), fps)
-        mode = s.mode_of_size(raw_size) if raw_size is not None else s.choose_mode((w, h), fps)
-        if fps > mode.fps_max + 1e-6:
-            raise ValueError(f"{s.model} mode {mode.size[0]}x{mode.size[1]} runs at most {mode.fps_max} fps, asked {fps}")
->>>>>>> main
+        mode = s.mode_for((w, h), fps, raw_size)
         self._mode, self._main_size, self._fps = mode, (w, h), float(fps)
         if fps > 0:
             self._limits = (1e6 / fps, 1e6 / fps)

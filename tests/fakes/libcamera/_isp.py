@@ -296,13 +296,12 @@ class IspPipeline:
     def outputs(self, raw: np.ndarray, colour_gains, ct: float, digital_gain: float = 1.0) -> list[np.ndarray]:
         """(h, w, 3) uint8 B, G, R images, one per output (crop, then scale to the output size)."""
         x = self.corrected(raw, colour_gains, digital_gain)
-<<<<<<< HEAD
-        mosaic = np.clip(x * 65535.0, 0, 65535).astype(np.uint16)
-        # a mono sensor's ISP output is grey in every channel (no demosaic; the mono tunings have no rpi.ccm)
-        bgr = cv2.cvtColor(mosaic, cv2.COLOR_GRAY2BGR if self.order == "MONO" else _CV_BAYER[self.order])
-=======
         half = all(2 * w <= cw and 2 * h <= ch for (_, _, cw, ch), (w, h) in zip(self.crops, self.sizes))
-        if half:  # every output is at most half the crop: a 2x2-cell demosaic, then the same downscale
+        if half and self.order == "MONO":  # no colour cell: each 2x2 cell's mean, grey in every channel
+            grey = (x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]) * np.float32(0.25)
+            bgr = np.clip(np.repeat(grey[:, :, None], 3, axis=2) * np.float32(65535.0), 0, 65535)
+            scale = 2
+        elif half:  # every output is at most half the crop: a 2x2-cell demosaic, then the same downscale
             sites = channel_sites(self.order)
             cells = {c: [] for c in range(3)}
             for dy in (0, 1):
@@ -316,9 +315,9 @@ class IspPipeline:
             scale = 2
         else:
             mosaic = np.clip(x * 65535.0, 0, 65535).astype(np.uint16)
-            bgr = cv2.cvtColor(mosaic, _CV_BAYER[self.order])
+            # a mono sensor's ISP output is grey in every channel (no demosaic; the mono tunings have no rpi.ccm)
+            bgr = cv2.cvtColor(mosaic, cv2.COLOR_GRAY2BGR if self.order == "MONO" else _CV_BAYER[self.order])
             scale = 1
->>>>>>> main
         ccm = self.ccm_for(ct)[::-1, ::-1].copy()  # acting on B, G, R vectors
         images = []
         for crop, (w, h) in zip(self.crops, self.sizes):
