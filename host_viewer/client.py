@@ -185,6 +185,8 @@ class AgentClient(TypedCommands):
         self.connection = ConnectionState(since=time.monotonic())
         self.events: RecentItems[Event] = RecentItems(maxlen=100)
         self.errors: RecentItems[Error] = RecentItems(maxlen=100)
+        # every event received, by name (events keeps only the last 100): a dict replaced whole, never mutated
+        self.event_counts: dict[str, int] = {}
         self.frames_received = 0
         self.frames_dropped = 0  # gaps in the agent's frame numbers (frames not sent to us)
         self.bytes_received = 0
@@ -597,6 +599,7 @@ class AgentClient(TypedCommands):
                 _call_back(pending.on_progress, message, "progress")
         elif isinstance(message, Event):
             self.events.append(message)
+            self.event_counts = {**self.event_counts, message.name: self.event_counts.get(message.name, 0) + 1}
             _call_back(self._on_event, message, "event")
         elif isinstance(message, Bye):
             self.state = "reconnecting"

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-announce", action="store_true",
                    help="do not announce the agent on the local network (mDNS/zeroconf)")
     sim = p.add_argument_group("simulated camera")
-    sim.add_argument("--sensor", default="imx219", help="imx219, imx477, imx708 or ov5647")
+    sim.add_argument("--sensor", default="imx219",
+                     help="imx219, imx477, imx708, ov5647, imx296; monochrome: ov9281, imx296_mono")
     sim.add_argument("--scene", default="chart", help="chart, white or dark")
     sim.add_argument("--colour-temperature", type=float, default=5000.0, metavar="K", help="illuminant, kelvin")
     sim.add_argument("--seed", type=int, default=0, help="random seed (determinism)")
