@@ -161,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         limit_opencv_threads(camera)
         stop = threading.Event()
         fatal: list[str] = []
+        # Before the socket is up: a stop request that comes as soon as viewers can connect still stops
+        # cleanly (every viewer gets its `bye`) instead of killing the process.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality,
                       state_dir=args.state_dir, name=args.name, announce=not args.no_announce, security=security,
                       on_fatal=lambda reason: (fatal.append(reason), stop.set()))
@@ -171,8 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     log.info("streaming %s %dx%d at %g fps on port %d, %s (Ctrl-C to stop)",
              camera.sensor.model, args.size[0], args.size[1], args.fps, port,
              f"encrypted, agent key {security.keys.public}" if security else "plain text")
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):  # wakes for signals on every platform
         pass
     if fatal:
