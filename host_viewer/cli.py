@@ -15,6 +15,8 @@ from pathlib import Path
 from .calibration import WHAT, calibration_summary, progress_line, start_calibration
 from .client import AgentClient, BadFrame, CommandFailed
 from .report import save_report
+from protocol.keys import key_arguments
+
 from .session import ViewingSession
 from .stopping import StopRequest
 
@@ -83,12 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument("--agent-key", metavar="KEY", help="the agent's public key (`pi-agent keys` on the Pi); "
                                                         "default: from known_agents")
     sec.add_argument("--insecure", action="store_true", help="connect in plain text (agent run with --insecure)")
-    sec.add_argument("--config-dir", metavar="DIR", help="keys and known_agents (default ~/.config/picamlink)")
+    sec.add_argument("--config-dir", metavar="DIR", help="keys and known_agents (default: ~/.config/picamlink on "
+                     "Linux, ~/Library/Application Support/picamlink on macOS, %%APPDATA%%\\picamlink on Windows)")
     return p
 
 
 def keys_main(argv: list[str]) -> int:
-    from .security import create_or_load_keys, known_agents_file, read_known_agents
+    from .security import create_or_load_keys, how_to_authorize, known_agents_file, quoted_path, read_known_agents
 
     p = argparse.ArgumentParser(prog="host-viewer keys", description="Create (first time) and show the viewer's key.")
     p.add_argument("--config-dir", metavar="DIR", help="default ~/.config/picamlink")
@@ -101,13 +104,16 @@ def keys_main(argv: list[str]) -> int:
     print(keys.public)
     print(f"# {'created' if created else 'the viewer key in'} {keys.directory} (secret: viewer.key_secret, 0600)",
           file=sys.stderr)
-    print(f"# allow it on the Pi with: pi-agent authorize {keys.public}", file=sys.stderr)
+    print(f"# allow it on the Pi with: {how_to_authorize(keys.public)}", file=sys.stderr)
+    option = f" --config-dir {quoted_path(keys.directory.parent)}" if args.config_dir else ""
     print(f"# {len(read_known_agents(args.config_dir))} trusted agent(s) in {known_agents_file(args.config_dir)}; "
-          f"add one with: host-viewer trust HOST:PORT AGENT_KEY", file=sys.stderr)
+          f"add one with: host-viewer trust HOST:PORT 'AGENT_KEY'{option}", file=sys.stderr)
     return 0
 
 
 def trust_main(argv: list[str]) -> int:
+    from protocol.keys import check_public_key, quoted_key
+
     from .security import remember_agent
 
     p = argparse.ArgumentParser(prog="host-viewer trust",
@@ -121,7 +127,7 @@ def trust_main(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         print(f"host-viewer trust: {exc}", file=sys.stderr)
         return 2
-    print(f"trusting {args.address} with key {args.key.strip()} ({path})")
+    print(f"trusting {args.address} with key {quoted_key(check_public_key(args.key))} ({path})")
     return 0
 
 
@@ -280,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    argv = key_arguments(argv, ("--agent-key",))  # a key starting with '-' is a key, not an option
     if argv[:1] == ["keys"]:  # subcommands; anything else is HOST:PORT and options
         return keys_main(argv[1:])
     if argv[:1] == ["trust"]:
@@ -303,7 +310,7 @@ def run(argv: list[str] | None = None) -> int:
     from .security import UntrustedAgent, client_security
 
     try:
-        clients = [AgentClient(a, credit=args.credit,
+        clients = [AgentClient(a, credit=args.credit, config_dir=args.config_dir,
                                security=client_security(a, agent_key=args.agent_key, insecure=args.insecure,
                                                         config_dir=args.config_dir))
                    for a in addresses]

@@ -39,6 +39,7 @@ from protocol.limits import MAX_MESSAGE_SIZE
 from .api import TypedCommands
 from .credit import CreditGovernor
 from .errors import CommandFailed, command_error  # noqa: F401  (CommandFailed: the base of every command error)
+from .security import how_to_authorize, how_to_trust
 from .shared import ConnectionState, RecentItems
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ class AgentClient(TypedCommands):
 
     def __init__(self, address: str, *, credit: int = 2, context: zmq.Context | None = None,
                  silence_timeout: float = 1.5, ping_interval: float = 0.5, security=None,
-                 client_name: str = CLIENT_NAME, on_event: Callable[[Event], None] | None = None):
+                 client_name: str = CLIENT_NAME, on_event: Callable[[Event], None] | None = None,
+                 config_dir=None):
         self.address = address
         host, port = parse_address(address)
         self.endpoint = tcp_endpoint(host, port)
@@ -147,6 +149,7 @@ class AgentClient(TypedCommands):
         self._silence_timeout = silence_timeout
         self._ping_interval = ping_interval
         self._security = security  # applies CURVE client options, or None for plain text
+        self._config_dir = config_dir if config_dir is not None else getattr(security, "config_dir", None)
         self._client_name = client_name
         self._on_event = on_event
         self._sequencer = Sequencer(time.monotonic_ns)
@@ -369,14 +372,13 @@ class AgentClient(TypedCommands):
             if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 detail = "not authorised"
                 hint = (f"the agent at {self.address} does not know this viewer's key: on the Pi run "
-                        f"`pi-agent authorize {self._viewer_public_key()}`" if self._security is not None else
+                        f"`{how_to_authorize(self._viewer_public_key())}`" if self._security is not None else
                         f"the agent at {self.address} refused this viewer")
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
                 if self._security is None:
                     detail = "the agent requires encryption"
-                    hint = (f"the agent at {self.address} is encrypted and its key is unknown here: run `pi-agent keys` "
-                            f"on the Pi and pass --agent-key KEY, or add '{self.address} KEY' to "
-                            f"~/.config/picamlink/known_agents")
+                    hint = (f"the agent at {self.address} is encrypted and its key is unknown here: "
+                            f"{how_to_trust(self.address, self._config_dir)}")
                 else:
                     detail = "the agent is not encrypted"
                     hint = (f"the agent at {self.address} streams in plain text although its key is known here; "
@@ -387,13 +389,12 @@ class AgentClient(TypedCommands):
                 if self._security is None:
                     detail = "handshake failed"
                     hint = (f"the ZeroMQ handshake with {self.address} failed; if the agent requires encryption, "
-                            f"run `pi-agent keys` on the Pi and pass --agent-key KEY, or add '{self.address} KEY' "
-                            f"to ~/.config/picamlink/known_agents; {_BEHIND_A_TUNNEL}")
+                            f"{how_to_trust(self.address, self._config_dir)}; {_BEHIND_A_TUNNEL}")
                 else:
                     detail = "agent key mismatch"
                     hint = (f"the agent at {self.address} does not hold the key this viewer trusts for it (another "
                             f"machine, or new keys): compare with `pi-agent keys` on the Pi before changing "
-                            f"--agent-key or known_agents; {_BEHIND_A_TUNNEL}")
+                            f"--agent-key or `host-viewer trust`; {_BEHIND_A_TUNNEL}")
             else:
                 continue
             self._tcp_connected_at = None

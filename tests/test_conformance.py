@@ -484,6 +484,13 @@ def test_repeated_hello_resets_the_window(peer):
     viewer.hello(credit=1)  # a new session: its credit, not the old count plus it
     wait_frames(viewer, 1)
     assert frames_of(viewer.quiet()) == []
+    # Unused credit does not carry over: 8 granted, then at once a hello with 0. Frames sent before the
+    # second welcome may arrive before it; after it, none (the connection keeps the order).
+    viewer.send("hello", credit=8)
+    viewer.send("hello", credit=0)
+    viewer.recv_type("welcome")
+    viewer.recv_type("welcome")
+    assert frames_of(viewer.quiet()) == [], "a repeated hello replaces the credit count"
 
 
 def test_pong_counts_the_frames_sent_in_this_session(peer):

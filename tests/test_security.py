@@ -147,7 +147,7 @@ def test_an_unauthorised_viewer_receives_no_frame_and_none_of_its_commands_runs(
     try:
         wait_until(lambda: stranger.state == "refused", timeout=10, message="the stranger being refused")
         assert stranger.state_detail == "not authorised"
-        assert f"pi-agent authorize {stranger_keys.public}" in stranger.state_hint
+        assert f"pi-agent authorize '{stranger_keys.public}'" in stranger.state_hint
         assert "refused: not authorised" in basic_lines(_any_frame(), 0.0, 0.0, stranger.status_text)[0]
         from host_viewer.app import ViewerApp
         screen = ViewerApp(stranger).status_screen()  # what the window shows while refused (no frame yet)
@@ -245,8 +245,10 @@ def test_plain_and_encrypted_ends_do_not_mix(secure_agent, start_agent, tmp_path
     vkeys, _ = viewer_keys(tmp_path)
     downgraded = start_client(f"127.0.0.1:{plain_agent.port}", CurveClient(zmq.curve_keypair()[0].decode(), vkeys))
     try:
-        wait_until(lambda: downgraded.state == "refused", timeout=10, message="refusing a plain-text agent")
-        assert downgraded.state_detail == "the agent is not encrypted" and downgraded.frames_received == 0
+        # ZeroMQ may first report a retry's vaguer failure (no detail); the mechanism mismatch follows.
+        wait_until(lambda: downgraded.state_detail == "the agent is not encrypted", timeout=10,
+                   message="refusing a plain-text agent")
+        assert downgraded.state == "refused" and downgraded.frames_received == 0
     finally:
         downgraded.close()
 

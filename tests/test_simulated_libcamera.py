@@ -35,9 +35,9 @@ def test_a_bare_picamera2_streams_frames_whose_raw_is_the_sensor_mosaic(simulate
     assert raw_cfg["stride"] == 1280 and raw_cfg["framesize"] == 1280 * 480
     picam2.start()
     with picam2.captured_request() as request:
-        raw = request.make_array("raw").view(np.uint16)
         metadata = request.get_metadata()
-        truth = pi.pipeline(0).raws[request.request.sequence]  # the mosaic the sensor read for this frame
+        raw = request.make_array("raw").view(np.uint16)
+        truth = pi.pipeline(0).raw_of(metadata)  # the mosaic the sensor read for this frame
     picam2.close()
     shift = 0 if platform == "vc4" else 6
     np.testing.assert_array_equal(raw >> shift, truth)

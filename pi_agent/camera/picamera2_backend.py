@@ -113,14 +113,15 @@ class Picamera2Camera(CameraBackend):
 
     camera_num: index in Picamera2.global_camera_info(). tuning: a tuning dict or file path to open with
     (None: the stock file of the sensor). packed_raw: ask for CSI2P raw (Pi 4 unpacks it here; on Pi 5 it
-    becomes lossy PISP_COMP1, refused unless `decompress`, e.g. picamera2.helpers.decompress, is given).
+    becomes lossy PISP_COMP1, refused unless `decompress` is given: True for picamera2's own
+    `Picamera2.helpers.decompress`, or a function of the (h, stride) uint8 buffer).
     """
 
     name = "picamera2"
 
     def __init__(self, camera_num: int = 0, *, picamera2_module=None, tuning: dict | str | None = None,
                  buffer_count: int = 3, packed_raw: bool = False,
-                 decompress: Callable[[np.ndarray], np.ndarray] | None = None):
+                 decompress: Callable[[np.ndarray], np.ndarray] | bool | None = None):
         if picamera2_module is None:
             try:
                 picamera2_module = _import_picamera2()
@@ -163,6 +164,9 @@ class Picamera2Camera(CameraBackend):
             # failed tuning alive and make the next tuning silently ignored (#886)
             raise CameraError(self._open_error(exc, tuning)) from exc.with_traceback(None)
         self._cam = cam
+        if self._decompress is True or getattr(self, "_decompress_own", False):
+            self._decompress_own = True
+            self._decompress = cam.helpers.decompress  # picamera2/request.py Helpers.decompress
         self._properties = dict(cam.camera_properties)
         self._model = str(self._properties.get("Model", "unknown"))
         self._sensor_modes = cam.sensor_modes  # cached before start(): reading it configures every mode
@@ -271,9 +275,9 @@ class Picamera2Camera(CameraBackend):
                 raise CameraError(f"configuring {self._model} for {w}x{h} failed: {exc}") from exc
             actual = cam.camera_configuration()
             fmt = parse_raw_format(actual["raw"]["format"])
-            if fmt.packing == "PISP_COMP1" and self._decompress is None:
-                raise CameraError(f"the camera delivers {fmt.name} (Pi 5 compressed raw); use packed_raw=False or "
-                                  "pass decompress=picamera2.helpers.decompress")
+            if fmt.packing == "PISP_COMP1" and not self._decompress:
+                raise CameraError(f"the camera delivers {fmt.name} (Pi 5 compressed raw, lossy); use packed_raw=False "
+                                  "or pass decompress=True (picamera2's helpers.decompress)")
             self._raw_format = fmt
             self._raw_size = tuple(actual["raw"]["size"])
             self._bit_depth = int(actual["sensor"]["bit_depth"])
@@ -328,6 +332,7 @@ class Picamera2Camera(CameraBackend):
             try:
                 request = cam.wait(cam.capture_request(wait=False), timeout)
             except TimeoutError:
+                self._drop_stuck_jobs(cam)
                 raise CameraError(f"no frame from the camera within {timeout} s") from None
             except RuntimeError as exc:
                 raise CameraError(f"capture failed: {exc}") from exc
@@ -353,6 +358,17 @@ class Picamera2Camera(CameraBackend):
             black = self.sensor.black_level
         return CapturedFrame(main=_main_to_bgr(main, main_format), raw=raw, metadata=metadata, sequence=sequence,
                              bayer_order=fmt.bayer_order, bit_depth=bits, black_level=black)
+
+    @staticmethod
+    def _drop_stuck_jobs(cam) -> None:
+        """A job whose wait timed out stays at the head of picamera2's job list (picamera2.py
+        `dispatch_functions`, `process_requests`): every later job — a capture, and `stop()` itself while the
+        event loop runs — would queue behind it until a frame arrives, which a stalled camera never sends.
+        `cancel_all_and_flush()` is picamera2's remedy for exactly this (its docstring)."""
+        try:
+            cam.cancel_all_and_flush()
+        except Exception:  # noqa: BLE001 - best effort; the timeout is what gets reported
+            log.exception("clearing picamera2's job queue after a timeout failed")
 
     # ================================================================ full-resolution still
     def capture_still(self, timeout: float = 5.0) -> CapturedFrame:
@@ -388,6 +404,7 @@ class Picamera2Camera(CameraBackend):
                     )
                     request = cam.wait(cam.switch_mode_capture_request_and_stop(still, wait=False), timeout)
                 except TimeoutError:
+                    self._drop_stuck_jobs(cam)
                     raise CameraError(f"no full-resolution frame within {timeout} s") from None
                 except (RuntimeError, ValueError) as exc:
                     raise CameraError(f"full-resolution still failed: {exc}") from exc
@@ -465,16 +482,35 @@ class Picamera2Camera(CameraBackend):
         return checked
 
     def set_controls(self, controls: dict[str, Any]) -> None:
-        """Queue controls on the camera; picamera2 sends them with the next request (metadata shows when)."""
+        """Queue controls on the camera; picamera2 sends them with the next request (metadata shows when).
+
+        libcamera ≥ 0.5 semantics (control_ids_core.yaml, ipa_base.cpp `applyControls`): AeEnable only sets
+        ExposureTimeMode/AnalogueGainMode, and an explicit mode in the same request wins — and picamera2 sends
+        ExposureTimeMode=Manual with every non-zero ExposureTime (request.py, `start_`). So "back to auto"
+        (AeEnable true without values) is sent as ExposureTime = AnalogueGain = 0 (picamera2 turns those into
+        the Auto modes, replacing any manual value still pending in its Controls), and the manual values are
+        forgotten, so that a later configure/reopen does not re-send them and silently return to manual.
+        Likewise AwbEnable true is sent with ColourGains (0, 0): the RPi IPA makes AWB manual for any
+        non-zero ColourGains in the request, whatever AwbEnable says."""
         checked = self._check_controls(dict(controls))
         with self._lock:
             if self._cam is None:
                 raise CameraError("camera is closed")
             try:
-                self._cam.set_controls(checked)
+                self._cam.set_controls(self._as_sent(checked))
             except RuntimeError as exc:
                 raise ValueError(f"the camera refused the controls: {exc}") from exc
             self._requested = merge_requested(self._requested, checked)
+
+    @staticmethod
+    def _as_sent(checked: dict[str, Any]) -> dict[str, Any]:
+        sent = dict(checked)
+        if checked.get("AeEnable") is True:
+            sent.setdefault("ExposureTime", 0)
+            sent.setdefault("AnalogueGain", 0.0)
+        if checked.get("AwbEnable") is True:
+            sent.setdefault("ColourGains", (0.0, 0.0))
+        return sent
 
     def _replace_requested(self, target: dict[str, Any]) -> None:
         with self._lock:

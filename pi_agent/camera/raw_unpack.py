@@ -153,9 +153,15 @@ def unpack_raw(
                 f"{fmt.name} is PiSP lossy-compressed raw; configure an unpacked raw format (e.g. "
                 f"S{fmt.bayer_order}16) or pass a decompressor such as picamera2.helpers.decompress"
             )
-        full = np.asarray(decompress(_rows(buffer, h, w)))
+        # the whole (h, stride) buffer: picamera2's decoder works on pairs of 32-bit words, so a row cut to an
+        # arbitrary width (1332 px = 333 words) would not decode (picamera2/request.py Helpers.decompress)
+        buf = np.asarray(buffer)
+        _rows(buf, h, w)  # checks the buffer's shape
+        whole_words = min(buf.shape[1], -(-w // 8) * 8)  # 8 px per pair of words
+        full = np.asarray(decompress(np.ascontiguousarray(buf[:, :whole_words])))
         if full.dtype == np.uint8:
             full = np.ascontiguousarray(full[:, : 2 * w]).view("<u2")
+        full = full[:, :w]
         if full.shape != (h, w):
             raise RawFormatError(f"decompressor returned shape {full.shape}, expected {(h, w)}")
         return (full.astype(np.uint16) >> (16 - depth)).astype(np.uint16)

@@ -224,8 +224,11 @@ class SimulatedCamera(CameraBackend):
         return out
 
     # ================================================================ ground truth
-    def true_shading(self) -> dict[str, np.ndarray]:
-        """{"R", "G", "B": float32 (h, w)} true lens shading at the raw (mode) resolution, 1 at the axis."""
+    def true_shading(self, mode: SensorMode | None = None) -> dict[str, np.ndarray]:
+        """{"R", "G", "B": float32 (h, w)} true lens shading at the raw resolution of `mode` (default: the
+        configured mode), 1 at the axis."""
+        if mode is not None:
+            return self._compute_shading(mode)
         self._ensure_configured()
         return {k: v.copy() for k, v in self._shading.items()}
 
@@ -628,11 +631,19 @@ class SimulatedCamera(CameraBackend):
         """The sensor alone, for the simulated libcamera under tests/fakes: the raw mosaic (uint16 (h, w), this
         simulator's upright Bayer order) of one frame of `mode` exposed `exposure_us` at analogue `gain`, the
         scene at `sim_time` s, noise from `rng`; returns (raw, black level at the mode's depth). No ISP, no IPA:
-        those are the double's own."""
-        return self._render_still(mode, exposure_us, gain, sim_time, rng)
+        those are the double's own. Noise as in streaming: a bank of standard normals per mode read at a random
+        offset (generating fresh normals for millions of pixels per frame would cap the double at a few fps)."""
+        banks = self.__dict__.setdefault("_expose_banks", {})
+        n = mode.size[0] * mode.size[1]
+        bank = banks.get(mode)
+        if bank is None:
+            bank = banks[mode] = rng.standard_normal(n + max(65536, n // 4), dtype=np.float32)
+        offset = int(rng.integers(0, bank.size - n))
+        noise = bank[offset: offset + n].reshape(mode.size[1], mode.size[0])
+        return self._render_still(mode, exposure_us, gain, sim_time, rng, noise=noise)
 
     def _render_still(self, m: SensorMode, t_us: float, gain: float, sim_time: float,
-                      rng: np.random.Generator) -> tuple[np.ndarray, int]:
+                      rng: np.random.Generator, noise: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """The raw mosaic of mode `m` exposed for t_us at `gain`: the same physics as `_render` (full-well
         saturation, Gaussian shot + read noise, conversion gain, pedestal, rounding, clipping at the mode's bit
         depth) on the mode's own maps, with fresh noise. Returns (raw uint16, black level of the mode)."""
@@ -652,10 +663,13 @@ class SimulatedCamera(CameraBackend):
         e = rate  # in place from here: expected electrons, saturating at full well
         np.multiply(e, np.float32(t_us), out=e)
         np.minimum(e, np.float32(s.full_well_e), out=e)
-        work = rng.standard_normal(e.shape, dtype=np.float32)
         sigma = np.add(e, np.float32(s.read_noise_e**2))
         np.sqrt(sigma, out=sigma)
-        np.multiply(work, sigma, out=work)
+        if noise is None:
+            work = rng.standard_normal(e.shape, dtype=np.float32)
+            np.multiply(work, sigma, out=work)
+        else:  # standard normals given (not modified)
+            work = np.multiply(noise, sigma)
         del sigma
         np.add(work, e, out=work)
         np.multiply(work, np.float32(cg * gain), out=work)

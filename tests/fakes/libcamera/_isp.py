@@ -293,11 +293,27 @@ class IspPipeline:
     def outputs(self, raw: np.ndarray, colour_gains, ct: float, digital_gain: float = 1.0) -> list[np.ndarray]:
         """(h, w, 3) uint8 B, G, R images, one per output (crop, then scale to the output size)."""
         x = self.corrected(raw, colour_gains, digital_gain)
-        mosaic = np.clip(x * 65535.0, 0, 65535).astype(np.uint16)
-        bgr = cv2.cvtColor(mosaic, _CV_BAYER[self.order])
+        half = all(2 * w <= cw and 2 * h <= ch for (_, _, cw, ch), (w, h) in zip(self.crops, self.sizes))
+        if half:  # every output is at most half the crop: a 2x2-cell demosaic, then the same downscale
+            sites = channel_sites(self.order)
+            cells = {c: [] for c in range(3)}
+            for dy in (0, 1):
+                for dx in (0, 1):
+                    cells[sites[dy, dx]].append(x[dy::2, dx::2])
+            bgr = np.empty((x.shape[0] // 2, x.shape[1] // 2, 3), dtype=np.float32)
+            bgr[:, :, 0], bgr[:, :, 2] = cells[2][0], cells[0][0]
+            np.add(cells[1][0], cells[1][1], out=bgr[:, :, 1])
+            bgr[:, :, 1] *= 0.5
+            bgr = np.clip(bgr * np.float32(65535.0), 0, 65535)
+            scale = 2
+        else:
+            mosaic = np.clip(x * 65535.0, 0, 65535).astype(np.uint16)
+            bgr = cv2.cvtColor(mosaic, _CV_BAYER[self.order])
+            scale = 1
         ccm = self.ccm_for(ct)[::-1, ::-1].copy()  # acting on B, G, R vectors
         images = []
-        for (cx, cy, cw, ch), (w, h) in zip(self.crops, self.sizes):
+        for crop, (w, h) in zip(self.crops, self.sizes):
+            cx, cy, cw, ch = (v // scale for v in crop)
             part = bgr[cy:cy + ch, cx:cx + cw]
             if (cw, ch) != (w, h):
                 shrink = w < cw and h < ch

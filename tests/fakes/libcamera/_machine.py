@@ -45,7 +45,9 @@ class Machine:
     def __init__(self, cameras, platform: str = "vc4"):
         if platform not in TARGETS:
             raise ValueError(f"platform must be 'vc4' (Pi 4) or 'pisp' (Pi 5), got {platform!r}")
-        self.cameras = [c if isinstance(c, CameraModule) else CameraModule(sensor=c) for c in cameras]
+        # a CameraModule may come from this file imported under another name (tests.fakes.libcamera._machine)
+        self.cameras = [CameraModule(sensor=c) if isinstance(c, str) else CameraModule(**dataclasses.asdict(c))
+                        for c in cameras]
         self.platform = platform
         self.target = TARGETS[platform]
         self.lock = threading.Lock()

@@ -34,6 +34,7 @@ import math
 import mmap
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -115,7 +116,7 @@ class RPiCameraData:
     """Sensor + pipeline handler + IPA + ISP of one camera, as one manager's libcamera sees it."""
 
     def __init__(self, manager, index: int, module, machine, tuning: dict, tuning_source: str):
-        self.manager = manager  # the PyCameraManager (strong: a camera keeps its manager alive)
+        self._manager = weakref.ref(manager)  # the C++ pipeline outlives no manager: no strong reference
         self.index = index
         self.module = module
         self.machine = machine
@@ -129,13 +130,10 @@ class RPiCameraData:
         grid = _isp.VC4_GRID if self.platform == "vc4" else _isp.PISP_GRID
         params = _isp.find_algo(tuning, "rpi.alsc")
         self.alsc = _isp.Alsc(params, grid) if params is not None else None
-        self.physics = SimulatedCamera(sensor=module.sensor, scene=module.scene,
-                                       colour_temperature=module.colour_temperature, seed=module.seed, pacing=False,
-                                       corner_shading=module.corner_shading, lux=module.lux,
-                                       optical_centre=module.optical_centre)
+        self._physics: dict[SensorMode, SimulatedCamera] = {}  # one per mode: each caches its mode's maps
         self.rng = np.random.default_rng([module.seed, index])
         self.lock = threading.RLock()
-        self.acquired = False
+        self.camera_state = "Available"  # camera.cpp: Available → Acquired → Configured → Running
         self.running = False
         self.first_start = True
         self.mode: SensorMode | None = None
@@ -146,11 +144,23 @@ class RPiCameraData:
         self.sequence = 0
         self.sim_time = 0.0
         self.last_raw: np.ndarray | None = None  # ground truth: the mosaic of the last completed frame
-        self.raws: collections.OrderedDict = collections.OrderedDict()  # sequence → mosaic, the last 16 frames
+        self.raws: collections.OrderedDict = collections.OrderedDict()  # SensorTimestamp → mosaic, last 16 frames
+        self.connected = True  # False: the sensor stops sending frames (a dislodged cable)
         self.lens_shading_in_force: np.ndarray | None = None  # (3, h, w) per-pixel gains of the ISP
         self.frames_dropped = 0
+        self._gain_maps: dict = {}
         self._init_ipa_state()
         self.control_info = self._unconfigured_controls()
+
+    def physics(self, mode: SensorMode) -> SimulatedCamera:
+        """The simulator's sensor physics for `mode` (scene, illuminant, true lens shading, noise)."""
+        sim = self._physics.get(mode)
+        if sim is None:
+            m = self.module
+            sim = self._physics[mode] = SimulatedCamera(
+                sensor=m.sensor, scene=m.scene, colour_temperature=m.colour_temperature, seed=m.seed, pacing=False,
+                corner_shading=m.corner_shading, lux=m.lux, optical_centre=m.optical_centre)
+        return sim
 
     # ================================================================ identity
     @property
@@ -410,7 +420,11 @@ class RPiCameraData:
             self.isp.set_lens_shading(None)
             return
         gains = self.alsc.gains_for_mode(self.colour_temperature(), self.camera_mode)
-        per_pixel = _isp.hardware_gain_map(gains, self.mode.size, self.platform)
+        key = (self.mode.size, gains.tobytes())
+        per_pixel = self._gain_maps.get(key)
+        if per_pixel is None:
+            per_pixel = _isp.hardware_gain_map(gains, self.mode.size, self.platform)
+            self._gain_maps = {key: per_pixel, **dict(list(self._gain_maps.items())[:3])}
         self.lens_shading_in_force = per_pixel
         self.isp.set_lens_shading(per_pixel)
 
@@ -589,7 +603,23 @@ class RPiCameraData:
                 break
             next_tick = max(started + duration * 1e-6, time.monotonic())
 
+    def raw_of(self, metadata: dict) -> np.ndarray:
+        """Ground truth: the mosaic the sensor read for the frame with this metadata (by SensorTimestamp), in
+        the delivered orientation and the mode's bit depth."""
+        with self.lock:
+            return self.raws[int(metadata["SensorTimestamp"])]
+
+    def disconnect(self) -> None:
+        """Fault: the sensor stops sending frames; queued requests wait (pipeline_base.cpp cameraTimeout only
+        logs)."""
+        self.connected = False
+
+    def reconnect(self) -> None:
+        self.connected = True
+
     def _one_frame(self) -> float:
+        if not self.connected:
+            return 1e5
         with self.lock:
             frame = self.sequence
             self.sequence += 1
@@ -610,7 +640,7 @@ class RPiCameraData:
         if request is None:  # no buffer to fill: the frame is dropped (no statistics either)
             self.frames_dropped += 1
             return duration
-        raw, _black = self.physics.expose(mode, exposure_us, gain, sim_time, self.rng)
+        raw, _black = self.physics(mode).expose(mode, exposure_us, gain, sim_time, self.rng)
         hflip, vflip = self._user_flips(self.config)
         if hflip:
             raw = raw[:, ::-1]
@@ -631,10 +661,12 @@ class RPiCameraData:
         self._fill_buffers(request, raw, images)
         self.last_raw = raw
         with self.lock:
-            self.raws[frame] = raw
+            self.raws[int(timestamp)] = raw
             while len(self.raws) > 16:
                 self.raws.popitem(last=False)
-        self.manager._complete(request, frame, metadata, success=not startup)
+        manager = self._manager()
+        if manager is not None:
+            manager._complete(request, frame, metadata, success=not startup)
         return duration
 
     def _stats(self, raw: np.ndarray) -> np.ndarray:
