@@ -17,18 +17,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import simplejpeg
-
 from protocol import ErrorCode, Frame, encode
 
-from .camera.base import CameraBackend, CameraError, CapturedFrame
+from .camera.base import CameraBackend, CameraError, CapturedFrame, capture_timeout
 from .errors import CommandError
+from .jpeg import encode_main
 from .stats import RawStats, compute_stats, compute_stream_stats
 from .wire import plain
 
 log = logging.getLogger(__name__)
 
-CAPTURE_TIMEOUT = 2.0  # s; a capture that takes longer is a camera failure (the backend raises CameraError)
 MAX_BACKOFF = 2.0  # s between attempts to reopen a failing camera
 
 
@@ -171,12 +169,20 @@ class CapturePipeline:
             return 0.0
         return (len(window) - 1) / max(window[-1] - window[0], 1e-9)
 
+    def capture_timeout(self, startup: bool = False) -> float:
+        """Seconds before a capture counts as a camera failure: follows the frame duration and exposure in
+        force and requested (camera.base.capture_timeout), so a 2.5 s frame period is not a stall; `startup`:
+        the first frame after (re)starting the camera, which libcamera may precede by hidden startup frames."""
+        camera = self.camera
+        return capture_timeout(camera.configuration, camera.controls(), self.last_metadata, startup)
+
     # threads ---------------------------------------------------------------------------------------
     def _capture_loop(self) -> None:
         failures = 0  # consecutive failed captures; reset by the first good frame
+        startup = True  # no frame yet since the camera (re)started
         while not self._stop.is_set():
             try:
-                frame = self.camera.capture(timeout=CAPTURE_TIMEOUT)
+                frame = self.camera.capture(timeout=self.capture_timeout(startup))
             except Exception as exc:  # CameraError, or a backend bug: either way report and reopen
                 if self._stop.is_set():
                     return
@@ -189,7 +195,9 @@ class CapturePipeline:
                 self._on_event("camera_error", f"capture failed: {exc}; reopening the camera",
                                {"failures": failures, "error": str(exc)[:200]})
                 self._recover(failures)
+                startup = True
                 continue
+            startup = False
             if failures:
                 log.info("camera recovered after %d failed capture(s)", failures)
                 self._on_event("camera_recovered", f"frames are flowing again after {failures} failed capture(s)",
@@ -251,7 +259,7 @@ class CapturePipeline:
     def _encode(self, frame: CapturedFrame, pending: "PendingStats") -> None:
         """JPEG-encode one frame (while its raw statistics are computed on the capture thread) and pack
         its message once for every viewer."""
-        jpeg = simplejpeg.encode_jpeg(frame.main, quality=self.quality, colorspace="BGR", colorsubsampling="420")
+        jpeg = encode_main(frame, self.quality, "420")  # greyscale for a monochrome sensor
         stats, wire_stats = pending.for_stream()
         self.last_stats = stats
         height, width = frame.main.shape[:2]

@@ -19,7 +19,7 @@ import threading
 import cv2
 import numpy as np
 
-from .bayer import CHANNELS, channel_index_map, plane_offsets
+from .bayer import CHANNELS, MONO, channel_index_map, plane_offsets
 from protocol import pack_array
 
 HIST_BINS = 256
@@ -28,9 +28,10 @@ STREAM_SAMPLE_PIXELS = 1 << 17  # ≈ 131k pixels (≈ 33k per channel): percent
 
 @dataclass
 class RawStats:
-    """Statistics of the four Bayer channels (CHANNELS order) of one raw frame."""
+    """Statistics of the four Bayer channels (CHANNELS order) of one raw frame, or of its one channel "Y"
+    (a monochrome sensor: `histograms` has one row)."""
 
-    histograms: np.ndarray  # (4, 2**bit_depth) int64 counts
+    histograms: np.ndarray  # (4, 2**bit_depth) int64 counts; (1, 2**bit_depth) for mono
     bit_depth: int
     black_level: int
     percentile: float = 99.9
@@ -69,7 +70,7 @@ class RawStats:
         coarse = counts.reshape(counts.shape[0], -1, group).sum(axis=2)
         fits = self.pixels.max(initial=0) <= np.iinfo(np.uint16).max  # no bin exceeds its channel's pixels
         return {
-            "channels": list(CHANNELS),
+            "channels": list(CHANNELS) if counts.shape[0] == len(CHANNELS) else ["Y"],
             "bit_depth": self.bit_depth,
             "black_level": self.black_level,
             "white_level": self.white_level,
@@ -126,6 +127,8 @@ def channel_histograms(raw: np.ndarray, bayer_order: str, bit_depth: int) -> np.
     4·2**bit_depth bins. ≈ 8× faster than four np.bincount calls, which first widen uint16 to int64.
     """
     levels = 1 << bit_depth
+    if bayer_order == MONO:
+        return channel_histograms_reference(raw, bayer_order, bit_depth)
     if raw.dtype != np.uint16 or raw.ndim != 2 or raw.shape[0] % 2 or raw.shape[1] % 2 or not 1 <= bit_depth <= 14:
         return channel_histograms_reference(raw, bayer_order, bit_depth)
     if raw.size // 4 >= _EXACT_FLOAT32_COUNT:
@@ -144,6 +147,8 @@ def channel_histograms(raw: np.ndarray, bayer_order: str, bit_depth: int) -> np.
 def channel_histograms_reference(raw: np.ndarray, bayer_order: str, bit_depth: int) -> np.ndarray:
     """The straightforward route (four strided planes, np.bincount each): the ground truth of the tests."""
     levels = 1 << bit_depth
+    if bayer_order == MONO:  # one channel: every pixel
+        return np.bincount(np.minimum(raw, levels - 1).ravel(), minlength=levels)[:levels].astype(np.int64)[None]
     offsets = plane_offsets(bayer_order)
     out = np.empty((4, levels), dtype=np.int64)
     for i, name in enumerate(CHANNELS):

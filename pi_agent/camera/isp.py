@@ -82,7 +82,10 @@ def resample_to_crop(cells: np.ndarray, full_array: tuple[int, int], crop: tuple
 
 
 def bayer_channel_index(bayer_order: str) -> np.ndarray:
-    """2x2 array of channel indices (0 R, 1 G, 2 B) for a Bayer order string such as "BGGR"."""
+    """2x2 array of channel indices (0 R, 1 G, 2 B) for a Bayer order string such as "BGGR"; MONO (no colour
+    filter) is all G: one panchromatic channel that colour gains leave alone."""
+    if bayer_order == "MONO":
+        return np.ones((2, 2), dtype=np.int64)
     if sorted(bayer_order) != sorted("BGGR") or len(bayer_order) != 4:
         raise ValueError(f"unknown Bayer order {bayer_order!r}")
     idx = {"R": 0, "G": 1, "B": 2}
@@ -123,7 +126,8 @@ class Isp:
         self.bit_depth = bit_depth
         self.black_level = int(black_level)
         self._sites = bayer_channel_index(bayer_order)
-        self._cv_code = BAYER_TO_CV2[bayer_order]
+        self.mono = bayer_order == "MONO"  # no demosaic, no colour matrix: the main stream is grey in BGR
+        self._cv_code = cv2.COLOR_GRAY2BGR if self.mono else BAYER_TO_CV2[bayer_order]
         ccm_rgb = DEFAULT_CCM_RGB if ccm is None else np.asarray(ccm, dtype=np.float32)
         self.ccm_bgr = ccm_rgb[::-1, ::-1].copy()  # same matrix acting on BGR vectors
         self._table: LensShadingTable | None = None
@@ -212,5 +216,5 @@ class Isp:
             bgr = cv2.resize(bgr, self.main_size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         if linear:
             f = bgr.astype(np.float32) * np.float32(1.0 / 65535.0)
-            return cv2.transform(f, self.ccm_bgr)
-        return _GAMMA_LUT[cv2.transform(bgr, self.ccm_bgr)]
+            return f if self.mono else cv2.transform(f, self.ccm_bgr)
+        return _GAMMA_LUT[bgr if self.mono else cv2.transform(bgr, self.ccm_bgr)]

@@ -39,7 +39,7 @@ import weakref
 import numpy as np
 
 from pi_agent.camera.scene import neutral_colour_gains
-from pi_agent.camera.sensors import SENSORS, SensorMode
+from pi_agent.camera.sensors import SensorMode
 from pi_agent.camera.sim import SimulatedCamera
 
 from . import _isp
@@ -60,10 +60,14 @@ MISTRUST_FRAMES_STARTUP = 1  # cam_helper.cpp mistrustFramesStartup
 
 
 def hflip_order(order: str) -> str:
+    if order == "MONO":  # no colour cell: flips change nothing
+        return order
     return order[1] + order[0] + order[3] + order[2]
 
 
 def vflip_order(order: str) -> str:
+    if order == "MONO":
+        return order
     return order[2] + order[3] + order[0] + order[1]
 
 
@@ -80,12 +84,14 @@ def align(n: int, to: int) -> int:
 
 
 def parse_raw(name: str) -> tuple[str, int, str]:
-    """(order, bit depth, packing "" | "CSI2P" | "PISP_COMP1") of a raw pixel format name."""
+    """(order, bit depth, packing "" | "CSI2P" | "PISP_COMP1") of a raw pixel format name (order MONO for R*)."""
     if name.endswith("_PISP_COMP1"):
         return name[:4], 16, "PISP_COMP1"
     packing = ""
     if name.endswith("_CSI2P"):
         name, packing = name[:-6], "CSI2P"
+    if name.startswith("R") and name[1:].isdigit():  # mono: R8, R10, R12, R16 (src/libcamera/formats.yaml)
+        return "MONO", int(name[1:]), packing
     if not (name.startswith("S") and name[1:5].isalpha()):
         raise ValueError(name)
     return name[1:5], int(name[5:]), packing
@@ -122,7 +128,8 @@ class RPiCameraData:
         self.module = module
         self.machine = machine
         self.platform = machine.platform
-        self.sensor = SENSORS[module.sensor]
+        self.sensor = module.info
+        self.mono = self.sensor.is_mono  # pipeline_base.cpp isMonoSensor: the sensor's Bayer order is MONO
         self.rotation = module.rot
         rot = self.rotation == 180
         self.native_order = flipped_order(self.sensor.bayer_order, rot, rot)  # the readout without any flip
@@ -160,7 +167,7 @@ class RPiCameraData:
         if sim is None:
             m = self.module
             sim = self._physics[mode] = SimulatedCamera(
-                sensor=m.sensor, scene=m.scene, colour_temperature=m.colour_temperature, seed=m.seed, pacing=False,
+                sensor=self.sensor, scene=m.scene, colour_temperature=m.colour_temperature, seed=m.seed, pacing=False,
                 corner_shading=m.corner_shading, lux=m.lux, optical_centre=m.optical_centre)
         return sim
 
@@ -183,7 +190,7 @@ class RPiCameraData:
 
     def properties(self) -> dict:
         fw, fh = self.sensor.full_array
-        cfa = {"RGGB": 0, "GRBG": 1, "GBRG": 2, "BGGR": 3}[self.native_order]
+        cfa = {"RGGB": 0, "GRBG": 1, "GBRG": 2, "BGGR": 3, "MONO": 5}[self.native_order]
         crop_max = Rectangle(*self.mode.crop) if self.mode else Rectangle()
         return {
             properties.Model: self.sensor.model,
@@ -202,7 +209,7 @@ class RPiCameraData:
     def _unconfigured_controls(self) -> dict:
         """ipa_base.cpp ipaControls + ipaColourControls before configure()."""
         c = controls
-        return {
+        info = {
             c.AeEnable: ControlInfo(False, True, True),
             c.ExposureTimeMode: ControlInfo(0, 1, 0, values=[0, 1]),
             c.ExposureTime: ControlInfo(1, 66666, 20000),
@@ -224,6 +231,10 @@ class RPiCameraData:
             c.ColourTemperature: ControlInfo(100, 100000, None),
             c.Saturation: ControlInfo(0.0, 32.0, 1.0),
         }
+        if self.mono:  # ipa_base.cpp: ipaColourControls are declared only for a sensor that is not mono
+            for cid in (c.AwbEnable, c.AwbMode, c.ColourGains, c.ColourTemperature, c.Saturation):
+                info.pop(cid)
+        return info
 
     def _configured_controls(self) -> dict:
         m, s = self.mode, self.sensor
@@ -247,7 +258,8 @@ class RPiCameraData:
         """{CSI2-packed format name: modes} as the pipeline lists the sensor's media-bus codes."""
         out: dict[str, list[SensorMode]] = {}
         for m in sorted(self.sensor.modes, key=lambda m: (m.bit_depth, m.size)):
-            out.setdefault(f"S{self.native_order}{m.bit_depth}_CSI2P", []).append(m)
+            name = f"R{m.bit_depth}_CSI2P" if self.mono else f"S{self.native_order}{m.bit_depth}_CSI2P"
+            out.setdefault(name, []).append(m)
         return out
 
     def find_best_mode(self, req: Size, bit_depth: int) -> SensorMode:
@@ -318,9 +330,9 @@ class RPiCameraData:
                 packing = packing if packing in ("", "CSI2P") else "CSI2P"
                 if bits in (8, 16):
                     packing = ""
-                name = f"S{order}{bits}" + ("_CSI2P" if packing else "")
+                name = (f"R{bits}" if self.mono else f"S{order}{bits}") + ("_CSI2P" if packing else "")
             else:
-                name = f"{order}_PISP_COMP1" if packing else f"S{order}16"
+                name = f"{order}_PISP_COMP1" if packing else ("R16" if self.mono else f"S{order}16")
             if str(raw.pixel_format) != name or raw.size != Size(*mode.size):
                 raw.pixel_format, raw.size = PixelFormat(name), Size(*mode.size)
                 status = Status.Adjusted
@@ -408,7 +420,7 @@ class RPiCameraData:
     def _init_ipa_state(self) -> None:
         self.exposure_auto = True
         self.gain_auto = True
-        self.awb_auto = True
+        self.awb_auto = not self.sensor.is_mono  # a mono tuning has no rpi.awb
         self.manual_exposure_us: float | None = None
         self.manual_gain: float | None = None
         self.manual_colour_gains: tuple[float, float] | None = None
@@ -709,6 +721,8 @@ class RPiCameraData:
                 c = sites[dy, dx]
                 sums[c] += float(raw[dy::16, dx::16].mean())
                 counts[c] += 1
+        if self.mono:  # one channel: AGC's luminance is its mean (there is no AWB to feed)
+            sums[:], counts[:] = sums[1], counts[1]
         return (sums / counts - self.black) / (white - self.black)
 
     def _metadata(self, request, timestamp, exposure_us, gain, duration, colour_gains, ct, stats, ae_state, crop):
@@ -733,6 +747,9 @@ class RPiCameraData:
             c.FocusFoM: 1000,
             c.SensorTemperature: 40.0,
         }
+        if self.mono:  # ipa_base.cpp reportMetadata: no awb.status or ccm.status without rpi.awb / rpi.ccm
+            for cid in (c.ColourGains, c.ColourTemperature, c.ColourCorrectionMatrix):
+                md.pop(cid)
         # ipa_base.cpp applyControls echoes the modes and manual values the request carried
         for cid in (c.ExposureTimeMode, c.AnalogueGainMode, c.AwbEnable):
             if cid in request._controls:
