@@ -50,6 +50,8 @@ def calibration_summary(result: dict[str, Any]) -> dict[str, Any]:
         e = result["exposure"]
         out["exposure"] = {k: e.get(k) for k in ("level", "target", "measurements", "frames", "seconds")}
         out["exposure"].update({k: e.get(k) for k in ("ExposureTime", "AnalogueGain", "converged", "reason")})
+        if e.get("passes"):  # every exposure pass of the run ("all" has two); the totals above sum them
+            out["exposure"]["passes"] = e["passes"]
     if "white_balance" in result:
         w = result["white_balance"]
         out["white_balance"] = {k: w.get(k) for k in ("colour_gains", "neutral_error_pct")}

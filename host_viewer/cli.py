@@ -15,10 +15,43 @@ from pathlib import Path
 from .calibration import WHAT, calibration_summary, progress_line, start_calibration
 from .client import AgentClient, BadFrame, CommandFailed
 from .report import save_report
+from protocol.keys import key_arguments
+
 from .session import ViewingSession
 from .stopping import StopRequest
 
 log = logging.getLogger("host_viewer")
+
+MAX_CREDIT = 8  # the agent holds a viewer's credit to at most 8 frames in flight (pi_agent/server.py)
+
+
+def _number(kind, low, *, above: bool = False, high=None, what: str = ""):
+    """An argparse type: `kind` (int or float) ≥ `low` (> `low` when `above`) and ≤ `high` when given."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if value != value or (value <= low if above else value < low) or (high is not None and value > high):
+            bound = f"more than {low:g}" if above else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"{text} must be {bound}{f' and at most {high:g}' if high else ''}"
+                                             f"{f' ({what})' if what else ''}")
+        return value
+    return parse
+
+
+def overlay_list(text: str) -> list[str]:
+    """--overlays: names from OVERLAY_NAMES, 'all' or 'none'; anything else is refused with the list."""
+    from .overlays import OVERLAY_NAMES
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [n for n in names if n not in OVERLAY_NAMES and n != "all"]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown overlay {', '.join(map(repr, unknown)) or repr(text)}: choose from "
+                                         f"{', '.join(OVERLAY_NAMES)}, 'all' or 'none'")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,12 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="agent address(es), e.g. raspberrypi.local:5555; several are tiled in one window; "
                         "none: find agents on the local network (mDNS)")
     p.add_argument("--headless", action="store_true", help="no window: receive, decode and summarise")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
-    p.add_argument("--frames", type=int, default=None, metavar="N",
+    p.add_argument("--duration", type=_number(float, 0), default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--frames", type=_number(int, 1), default=None, metavar="N",
                    help="stop after N frames shown (decoded; recorded too with --record)")
     p.add_argument("--summary-json", metavar="FILE", help="write a JSON summary at exit ('-' for stdout)")
-    p.add_argument("--credit", type=int, default=2, help="frames in flight (flow control), default 2")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="give up if no agent answers")
+    p.add_argument("--credit", type=_number(int, 1, high=MAX_CREDIT, what="frames in flight"), default=2,
+                   help=f"frames in flight (flow control), 1 to {MAX_CREDIT}, default 2")
+    p.add_argument("--connect-timeout", type=_number(float, 0, above=True), default=10.0, metavar="S", help="give up if no agent answers")
     p.add_argument("--calibrate", choices=sorted(WHAT), metavar="WHAT",
                    help="calibrate on the agent first: exposure, white-balance, lens-shading or all")
     p.add_argument("--target", type=float, default=None, help="exposure target white level (raw, pedestal included)")
@@ -40,22 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot", metavar="DIR", help="take one full-resolution snapshot (JPEG + DNG + JSON) into DIR")
     p.add_argument("--record", metavar="FILE.mkv", help="record the received JPEG frames (no re-encoding) to FILE")
     p.add_argument("--save-dir", metavar="DIR", default=".", help="where the s and r keys save files (default .)")
-    p.add_argument("--overlays", default="stats,controls,histogram,progress,connection", metavar="LIST",
+    p.add_argument("--overlays", type=overlay_list, default="stats,controls,histogram,progress,connection",
+                   metavar="LIST",
                    help="overlays on at start: comma list of stats, controls, histogram, progress, connection; "
                         "'all' or 'none'")
     p.add_argument("--list", action="store_true", help="list the agents found on the local network and exit")
-    p.add_argument("--discover-timeout", type=float, default=2.0, metavar="S", help="how long to browse (mDNS)")
+    p.add_argument("--discover-timeout", type=_number(float, 0, above=True), default=2.0, metavar="S", help="how long to browse (mDNS)")
     p.add_argument("--log-level", default="WARNING")
     sec = p.add_argument_group("security (see `host-viewer keys`)")
     sec.add_argument("--agent-key", metavar="KEY", help="the agent's public key (`pi-agent keys` on the Pi); "
                                                         "default: from known_agents")
     sec.add_argument("--insecure", action="store_true", help="connect in plain text (agent run with --insecure)")
-    sec.add_argument("--config-dir", metavar="DIR", help="keys and known_agents (default ~/.config/picamlink)")
+    sec.add_argument("--config-dir", metavar="DIR", help="keys and known_agents (default: ~/.config/picamlink on "
+                     "Linux, ~/Library/Application Support/picamlink on macOS, %%APPDATA%%\\picamlink on Windows)")
     return p
 
 
 def keys_main(argv: list[str]) -> int:
-    from .security import create_or_load_keys, known_agents_file, read_known_agents
+    from .security import create_or_load_keys, how_to_authorize, known_agents_file, quoted_path, read_known_agents
 
     p = argparse.ArgumentParser(prog="host-viewer keys", description="Create (first time) and show the viewer's key.")
     p.add_argument("--config-dir", metavar="DIR", help="default ~/.config/picamlink")
@@ -68,13 +104,16 @@ def keys_main(argv: list[str]) -> int:
     print(keys.public)
     print(f"# {'created' if created else 'the viewer key in'} {keys.directory} (secret: viewer.key_secret, 0600)",
           file=sys.stderr)
-    print(f"# allow it on the Pi with: pi-agent authorize {keys.public}", file=sys.stderr)
+    print(f"# allow it on the Pi with: {how_to_authorize(keys.public)}", file=sys.stderr)
+    option = f" --config-dir {quoted_path(keys.directory.parent)}" if args.config_dir else ""
     print(f"# {len(read_known_agents(args.config_dir))} trusted agent(s) in {known_agents_file(args.config_dir)}; "
-          f"add one with: host-viewer trust HOST:PORT AGENT_KEY", file=sys.stderr)
+          f"add one with: host-viewer trust HOST:PORT 'AGENT_KEY'{option}", file=sys.stderr)
     return 0
 
 
 def trust_main(argv: list[str]) -> int:
+    from protocol.keys import check_public_key, quoted_key
+
     from .security import remember_agent
 
     p = argparse.ArgumentParser(prog="host-viewer trust",
@@ -88,7 +127,7 @@ def trust_main(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         print(f"host-viewer trust: {exc}", file=sys.stderr)
         return 2
-    print(f"trusting {args.address} with key {args.key.strip()} ({path})")
+    print(f"trusting {args.address} with key {quoted_key(check_public_key(args.key))} ({path})")
     return 0
 
 
@@ -157,9 +196,11 @@ def run_calibration(client: AgentClient, args, session: ViewingSession,
 
 
 def wait_for_agent(client: AgentClient, timeout: float, stop: StopRequest | None = None) -> str | None:
-    """Wait for the agent's welcome; None when connected, else the sentence saying why not. A refusal is
-    reported as soon as the client knows it, not after `timeout`."""
+    """Wait for the agent's welcome; None when connected, else the sentence saying why not. A refusal by the
+    agent ends the wait at once; what the connection says meanwhile (connection refused, a port that does
+    not speak ZeroMQ) is printed once as soon as it is known, and the wait goes on (an agent may be starting)."""
     deadline = time.monotonic() + timeout
+    reported = ""
     while True:
         try:
             client.wait_connected(min(0.05, max(0.0, deadline - time.monotonic())))
@@ -169,6 +210,10 @@ def wait_for_agent(client: AgentClient, timeout: float, stop: StopRequest | None
         connection = client.connection
         if connection.state == "refused":
             return f"refused by {client.address}: {connection.detail}: {connection.hint}"
+        if connection.detail and connection.detail != reported:
+            reported = connection.detail
+            print(f"host-viewer: {client.address}: {connection.detail}: {connection.hint} (waiting up to "
+                  f"{timeout:g} s)", file=sys.stderr, flush=True)
         if stop is not None and stop.is_set():
             return f"{stop.signal_name} while connecting to {client.address}"
         if time.monotonic() >= deadline:
@@ -231,11 +276,6 @@ def find_address(args) -> str | None:
     return chosen.address if chosen else None
 
 
-def parse_overlays(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    return [] if names == ["none"] else names
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
@@ -246,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    argv = key_arguments(argv, ("--agent-key",))  # a key starting with '-' is a key, not an option
     if argv[:1] == ["keys"]:  # subcommands; anything else is HOST:PORT and options
         return keys_main(argv[1:])
     if argv[:1] == ["trust"]:
@@ -269,7 +310,7 @@ def run(argv: list[str] | None = None) -> int:
     from .security import UntrustedAgent, client_security
 
     try:
-        clients = [AgentClient(a, credit=args.credit,
+        clients = [AgentClient(a, credit=args.credit, config_dir=args.config_dir,
                                security=client_security(a, agent_key=args.agent_key, insecure=args.insecure,
                                                         config_dir=args.config_dir))
                    for a in addresses]
@@ -327,7 +368,7 @@ def run(argv: list[str] | None = None) -> int:
             from .app import ViewerApp
             from .calibration_ui import CalibrationKeys
 
-            app = ViewerApp(clients, save_dir=args.snapshot or args.save_dir, overlays=parse_overlays(args.overlays))
+            app = ViewerApp(clients, save_dir=args.snapshot or args.save_dir, overlays=args.overlays)
             keys = CalibrationKeys(report_dir=args.report)
             keys.install(app)
             if args.calibrate:

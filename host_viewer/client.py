@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -39,12 +40,20 @@ from protocol.limits import MAX_MESSAGE_SIZE
 from .api import TypedCommands
 from .credit import CreditGovernor
 from .errors import CommandFailed, command_error  # noqa: F401  (CommandFailed: the base of every command error)
+from .security import how_to_authorize, how_to_trust
 from .shared import ConnectionState, RecentItems
 
 log = logging.getLogger(__name__)
 
 MONITORED_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                    | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED)
+# What the TCP connection says before any ZeroMQ handshake (the state's detail while connecting): nothing
+# listens (the connect was refused and is being retried), or something listens that does not greet as ZMTP
+# within NOT_ZMTP_AFTER_S of accepting us (measured on loopback: an agent greets in about a millisecond).
+CONNECTION_REFUSED = "connection refused"
+NOT_ZMTP = "no ZeroMQ greeting"
+NOT_ZMTP_AFTER_S = 1.0
 
 CLIENT_NAME = "host-viewer 0.1.0"
 _MONITOR_IDS = itertools.count(1)
@@ -109,6 +118,18 @@ class PendingCommand:
     future: Future
     on_progress: Callable[[Progress], None] | None = None
     progress: list = field(default_factory=list)
+    # Written by the I/O thread only (issue 17: nothing waits forever across a link outage):
+    deadline: float = 0.0  # local monotonic s: no word about it by then means its fate is settled (expired)
+    connection: int = 0  # the socket generation it was sent (or last heard of) on
+    instance: str | None = None  # the agent instance it was sent to
+    next_probe: float = 0.0  # when to ask the agent (status) whether a job cut off by an outage still runs
+    finished_at: float | None = None  # when a probe found the agent idle again (its reply may still come)
+    probe_state: dict = field(default_factory=dict)  # what that probe said (the agent's calibration state)
+
+
+REPLY_GRACE_S = 1.0  # a reply may arrive this long after the command's expiry (round trip, scheduling)
+PROBE_EVERY_S = 2.0  # how often to ask about a job cut off by a reconnection
+LOST_AFTER_IDLE_S = 2.0  # agent idle this long with no final reply: the reply was lost in the outage
 
 
 def _call_back(callback: Callable | None, message, what: str) -> None:
@@ -130,7 +151,7 @@ class AgentClient(TypedCommands):
     def __init__(self, address: str, *, credit: int = 2, context: zmq.Context | None = None,
                  silence_timeout: float = 1.5, ping_interval: float = 0.5, security=None,
                  client_name: str = CLIENT_NAME, on_event: Callable[[Event], None] | None = None,
-                 adaptive_credit: bool = True, full_stats: bool = False):
+                 config_dir=None, adaptive_credit: bool = True, full_stats: bool = False):
         self.address = address
         host, port = parse_address(address)
         self.endpoint = tcp_endpoint(host, port)
@@ -145,6 +166,7 @@ class AgentClient(TypedCommands):
         self._silence_timeout = silence_timeout
         self._ping_interval = ping_interval
         self._security = security  # applies CURVE client options, or None for plain text
+        self._config_dir = config_dir if config_dir is not None else getattr(security, "config_dir", None)
         self._client_name = client_name
         self._on_event = on_event
         self._sequencer = Sequencer(time.monotonic_ns)
@@ -167,13 +189,23 @@ class AgentClient(TypedCommands):
         self.connection = ConnectionState(since=time.monotonic())
         self.events: RecentItems[Event] = RecentItems(maxlen=100)
         self.errors: RecentItems[Error] = RecentItems(maxlen=100)
+        # every event received, by name (events keeps only the last 100): a dict replaced whole, never mutated
+        self.event_counts: dict[str, int] = {}
         self.frames_received = 0
         self.frames_dropped = 0  # gaps in the agent's frame numbers (frames not sent to us)
         self.bytes_received = 0
         self.reconnects = 0
         self._last_sequence: int | None = None
         self._welcome_event = threading.Event()
+        self._tcp_connected_at: float | None = None  # TCP up, ZeroMQ handshake not yet done (I/O thread only)
         self._pings_sent: deque[int] = deque(maxlen=16)  # t0 of recent pings, to match pongs
+        # One routing id for every socket this client makes: after a reconnection the agent's ROUTER hands
+        # the session over to the new connection (ROUTER_HANDOVER), so replies to commands sent before an
+        # outage still reach us. ZeroMQ reserves ids starting with a zero byte for its own.
+        self._routing_id = b"v" + secrets.token_bytes(15)
+        self._connection = 0  # socket generation (I/O thread only)
+        self._probes: dict[str, list[int]] = {}  # status probe id -> the commands it asks about (I/O thread)
+        self._probe_ids = itertools.count(1)
         self._handshake_done = False  # set by the socket monitor: say hello at once
 
     # lifecycle ---------------------------------------------------------------------------------------
@@ -216,7 +248,7 @@ class AgentClient(TypedCommands):
         """Replace the connection state in one assignment (readers on other threads see old or new, whole)."""
         current = self.connection
         if (state, detail, hint) != (current.state, current.detail, current.hint):
-            since = current.since if state == current.state else time.monotonic()
+            since = current.since if (state, detail) == (current.state, current.detail) else time.monotonic()
             self.connection = ConnectionState(state, detail, hint, since)
 
     @property
@@ -264,7 +296,8 @@ class AgentClient(TypedCommands):
         expires = 0  # no expiry until the clock offset is known
         if self.clock.known:  # a deadline before the agent's clock began is already past, never "none" (0)
             expires = min(max(self.clock.to_agent(time.monotonic_ns() + int(ttl * 1e9)), 1), 2**64 - 1)
-        pending = PendingCommand(id=command_id, name=name, future=Future(), on_progress=on_progress)
+        pending = PendingCommand(id=command_id, name=name, future=Future(), on_progress=on_progress,
+                                 deadline=time.monotonic() + max(ttl, 0.0) + REPLY_GRACE_S)
         command = Command(id=command_id, name=name, args=args or {}, expires_ns=expires)
         problem = self._unsendable(command)
         if problem is not None:
@@ -312,6 +345,7 @@ class AgentClient(TypedCommands):
     def _make_socket(self, connect: bool = True) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, self._routing_id)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue commands for an agent that is not there
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_TO_VIEWER)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -359,7 +393,18 @@ class AgentClient(TypedCommands):
             except zmq.ZMQError:
                 return
             kind, value = event["event"], event["value"]
+            if kind == zmq.EVENT_CONNECTED:
+                self._tcp_connected_at = time.monotonic()
+                continue
+            if kind == zmq.EVENT_CONNECT_RETRIED:
+                self._tcp_connected_at = None
+                if self.state in ("connecting", "reconnecting") and self.state_detail != CONNECTION_REFUSED:
+                    self._set_state(self.state, CONNECTION_REFUSED,
+                                    f"nothing accepts connections at {self.address}: is pi-agent running there, "
+                                    f"listening on that port (pi-agent --listen 0.0.0.0:PORT for the network)?")
+                continue
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._tcp_connected_at = None
                 self._handshake_done = True  # the first hello goes now, not after a retry interval
                 if self.state == "refused":
                     self._set_state("connecting")
@@ -367,14 +412,13 @@ class AgentClient(TypedCommands):
             if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 detail = "not authorised"
                 hint = (f"the agent at {self.address} does not know this viewer's key: on the Pi run "
-                        f"`pi-agent authorize {self._viewer_public_key()}`" if self._security is not None else
+                        f"`{how_to_authorize(self._viewer_public_key())}`" if self._security is not None else
                         f"the agent at {self.address} refused this viewer")
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
                 if self._security is None:
                     detail = "the agent requires encryption"
-                    hint = (f"the agent at {self.address} is encrypted and its key is unknown here: run `pi-agent keys` "
-                            f"on the Pi and pass --agent-key KEY, or add '{self.address} KEY' to "
-                            f"~/.config/picamlink/known_agents")
+                    hint = (f"the agent at {self.address} is encrypted and its key is unknown here: "
+                            f"{how_to_trust(self.address, self._config_dir)}")
                 else:
                     detail = "the agent is not encrypted"
                     hint = (f"the agent at {self.address} streams in plain text although its key is known here; "
@@ -385,17 +429,17 @@ class AgentClient(TypedCommands):
                 if self._security is None:
                     detail = "handshake failed"
                     hint = (f"the ZeroMQ handshake with {self.address} failed; if the agent requires encryption, "
-                            f"run `pi-agent keys` on the Pi and pass --agent-key KEY, or add '{self.address} KEY' "
-                            f"to ~/.config/picamlink/known_agents; {_BEHIND_A_TUNNEL}")
+                            f"{how_to_trust(self.address, self._config_dir)}; {_BEHIND_A_TUNNEL}")
                 else:
                     detail = "agent key mismatch"
                     hint = (f"the agent at {self.address} does not hold the key this viewer trusts for it (another "
                             f"machine, or new keys): compare with `pi-agent keys` on the Pi before changing "
-                            f"--agent-key or known_agents; {_BEHIND_A_TUNNEL}")
+                            f"--agent-key or `host-viewer trust`; {_BEHIND_A_TUNNEL}")
             else:
                 continue
+            self._tcp_connected_at = None
             if self.state != "refused" or self.state_detail != detail:
-                log.warning("%s", hint)
+                log.info("%s", hint)  # the state carries it; the window and the CLI show it once
             self._set_state("refused", detail, hint)
 
     def _run(self) -> None:
@@ -437,7 +481,9 @@ class AgentClient(TypedCommands):
                     if lost or not self._send(sock, command):
                         self._fail(command.id, "not_connected",
                                    f"not connected to {self.address}; {command.name} was not sent")
-                deadline = min(deadline, last_heard + self._silence_timeout)
+                    else:
+                        self._sent(command.id)
+                deadline = min(deadline, last_heard + self._silence_timeout, self._check_pending(sock))
                 events = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000 + 1))
                 if events.get(self._wake_reader):
                     try:
@@ -455,21 +501,25 @@ class AgentClient(TypedCommands):
                         except zmq.Again:
                             break
                         self._handle(sock, data)
+                self._check_greeting()
                 if time.monotonic() - last_heard > self._silence_timeout:
                     # Nothing heard: the agent died or restarted. A fresh socket and a new hello.
                     if self.state == "connected":
                         log.info("agent %s silent for %.1f s; reconnecting", self.address, self._silence_timeout)
                     if self.state != "refused":  # keep saying why until an agent takes us
-                        self.state = "reconnecting" if self.welcome is not None else "connecting"
+                        self._set_state("reconnecting" if self.welcome is not None else "connecting",
+                                        self.state_detail, self.state_hint)
                     self.reconnects += 1
                     poller.unregister(sock)
                     poller.unregister(monitor)
                     self._close_socket(sock, monitor)
                     sock, monitor = self._open_connected()
+                    self._connection += 1  # replies to what was sent before now come only by handover
                     poller.register(sock, zmq.POLLIN)
                     poller.register(monitor, zmq.POLLIN)
                     last_heard = time.monotonic()
                     next_hello = 0.0
+                    self._tcp_connected_at = None
                     hello_sent = self._handshake_done = False
         finally:
             try:
@@ -477,6 +527,16 @@ class AgentClient(TypedCommands):
             except zmq.ZMQError:
                 pass
             self._close_socket(sock, monitor)
+
+    def _check_greeting(self) -> None:
+        """A TCP peer that accepted us but has not completed a ZeroMQ handshake after NOT_ZMTP_AFTER_S is not
+        a picamlink agent (an SSH or web server, a wrong port): say so while retrying."""
+        since = self._tcp_connected_at
+        if (since is not None and time.monotonic() - since > NOT_ZMTP_AFTER_S
+                and self.state in ("connecting", "reconnecting") and self.state_detail != NOT_ZMTP):
+            self._set_state(self.state, NOT_ZMTP,
+                            f"something at {self.address} accepted the connection but did not answer as a ZeroMQ "
+                            f"peer within {NOT_ZMTP_AFTER_S:g} s: is this pi-agent's port?")
 
     @staticmethod
     def _close_socket(sock: zmq.Socket, monitor: zmq.Socket) -> None:
@@ -527,6 +587,7 @@ class AgentClient(TypedCommands):
                 self._governor.on_rtt((received_ns - message.t0) / 1e6)
         elif isinstance(message, Welcome):
             # The welcome's envelope time gives a first clock estimate (hello → welcome round trip).
+            self._agent_changed(message)
             self.welcome = message
             self._governor.reset()
             self._outstanding = self.credit  # the session starts with hello's credit
@@ -537,6 +598,9 @@ class AgentClient(TypedCommands):
             self._welcome_event.set()
             self._ping(sock)
         elif isinstance(message, Result):
+            if isinstance(message.id, str) and message.id in self._probes:
+                self._probed(message.id, message.value)
+                return
             self._resolve(message.id, message.value, None)
         elif isinstance(message, Error):
             if message.code == ErrorCode.NO_SESSION:
@@ -552,9 +616,12 @@ class AgentClient(TypedCommands):
                 pending = self._pending.get(message.id)
             if pending is not None:
                 pending.progress.append(message)
+                pending.connection = self._connection  # it runs, and its news reach this connection
+                pending.finished_at = None
                 _call_back(pending.on_progress, message, "progress")
         elif isinstance(message, Event):
             self.events.append(message)
+            self.event_counts = {**self.event_counts, message.name: self.event_counts.get(message.name, 0) + 1}
             _call_back(self._on_event, message, "event")
         elif isinstance(message, Bye):
             self.state = "reconnecting"
@@ -602,8 +669,78 @@ class AgentClient(TypedCommands):
         else:
             pending.future.set_exception(command_error(error.code, error.message, error.detail))
 
-    def _fail(self, command_id: int, code: str, message: str) -> None:
+    def _fail(self, command_id: int, code: str, message: str, detail: dict | None = None) -> None:
         with self._lock:
             pending = self._pending.pop(command_id, None)
         if pending is not None and not pending.future.done():
-            pending.future.set_exception(command_error(code, message))
+            pending.future.set_exception(command_error(code, message, detail))
+
+    # commands across outages (I/O thread) ------------------------------------------------------------
+    def _sent(self, command_id: int) -> None:
+        with self._lock:
+            pending = self._pending.get(command_id)
+        if pending is not None:
+            pending.connection = self._connection
+            pending.instance = (self.welcome.agent or {}).get("instance") if self.welcome else None
+
+    def _agent_changed(self, welcome: Welcome) -> None:
+        """A welcome from another agent instance (it restarted): what ran on the old one never replies."""
+        instance = (welcome.agent or {}).get("instance") if isinstance(welcome.agent, dict) else None
+        with self._lock:
+            orphans = [p for p in self._pending.values() if p.instance is not None and p.instance != instance]
+        for pending in orphans:
+            self._fail(pending.id, "agent_restarted",
+                       f"the agent at {self.address} restarted while {pending.name} was pending; it did not "
+                       f"finish there (check the agent's state before sending it again)")
+
+    def _check_pending(self, sock: zmq.Socket) -> float:
+        """Settle commands whose fate is known by now; returns when to look again (monotonic s).
+
+        A command nobody has heard of by its expiry (plus REPLY_GRACE_S) did not run if it never reached the
+        agent (the agent refuses expired commands) or its reply was lost: either way it fails now, not never.
+        A job that sent progress but was cut off by a reconnection is asked after (a `status` probe): while
+        the agent is busy we wait; once it is idle and no final reply came, the reply was lost in the outage
+        and the command fails with the agent's calibration state as the error's detail."""
+        now = time.monotonic()
+        with self._lock:
+            pending = list(self._pending.values())
+        if not pending:
+            return now + 3600.0
+        connected = self.state == "connected"
+        probe: list[PendingCommand] = []
+        for p in pending:
+            if p.future.done():
+                continue
+            if not p.progress:
+                if now > p.deadline:
+                    self._fail(p.id, "timeout",
+                               f"no reply to {p.name} by its expiry: if it reached {self.address} its reply was "
+                               f"lost (link outage?), otherwise it did not run")
+                continue
+            if p.connection == self._connection or not connected:
+                continue
+            if p.finished_at is not None and now - p.finished_at > LOST_AFTER_IDLE_S:
+                self._fail(p.id, "reply_lost",
+                           f"{p.name} ended on the agent while the link to {self.address} was down and its reply "
+                           f"was lost; the agent's state is in this error's detail", detail=p.probe_state)
+            elif now >= p.next_probe:
+                p.next_probe = now + PROBE_EVERY_S
+                probe.append(p)
+        if probe:
+            probe_id = f"~probe-{next(self._probe_ids)}"
+            if self._send(sock, Command(id=probe_id, name="status", args={})):
+                self._probes[probe_id] = [p.id for p in probe]
+        return now + 0.25
+
+    def _probed(self, probe_id: str, value) -> None:
+        """A probe's status: a job no longer holding the agent (busy empty) has ended there."""
+        ids = self._probes.pop(probe_id, [])
+        busy = value.get("busy") if isinstance(value, dict) else None
+        state = value.get("calibration") if isinstance(value, dict) else None
+        now = time.monotonic()
+        with self._lock:
+            pending = [self._pending[i] for i in ids if i in self._pending]
+        for p in pending:
+            if not busy and p.finished_at is None:
+                p.finished_at = now
+                p.probe_state = {"agent_state": state} if isinstance(state, dict) else {}

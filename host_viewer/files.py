@@ -14,16 +14,18 @@ def _umask() -> int:
     return mask
 
 
-def _user_mode(fd: int) -> None:
-    """mkstemp makes files 0600; a saved picture gets the usual 0666 & ~umask."""
-    os.fchmod(fd, 0o666 & ~_umask())
+def _user_mode(path: str) -> None:
+    """mkstemp makes files 0600 on POSIX; a saved picture gets the usual 0666 & ~umask. By path, not fd:
+    Windows has no os.fchmod (and its files follow the folder's ACL, nothing to do there)."""
+    if os.name == "posix":
+        os.chmod(path, 0o666 & ~_umask())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        _user_mode(fd)
+        _user_mode(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -42,8 +44,8 @@ def temp_path_beside(path: str | os.PathLike) -> Path:
     """A fresh temp file name in the directory of `path` (for writers that need a name, not bytes)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
-    _user_mode(fd)
     os.close(fd)
+    _user_mode(tmp)
     return Path(tmp)
 
 

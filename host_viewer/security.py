@@ -1,8 +1,11 @@
-"""The viewer's key and the agents it trusts, like SSH's ~/.ssh/id_* and known_hosts.
+r"""The viewer's key and the agents it trusts, like SSH's ~/.ssh/id_* and known_hosts.
 
-    ~/.config/picamlink/viewer/           0700
-        viewer.key, viewer.key_secret     the viewer's certificate (0600); `host-viewer keys` creates/shows it
-    ~/.config/picamlink/known_agents      0600; lines "HOST:PORT AGENT_PUBLIC_KEY" (or "HOST KEY" for any port)
+    CONFIG/viewer/           owner only (0700, or an owner-only ACL on Windows)
+        viewer.key, viewer.key_secret     the viewer's certificate (owner only); `host-viewer keys` creates/shows it
+    CONFIG/known_agents      owner only; lines "HOST:PORT AGENT_PUBLIC_KEY" (or "HOST KEY" for any port)
+
+CONFIG is ~/.config/picamlink on Linux, ~/Library/Application Support/picamlink on macOS, %APPDATA%\picamlink
+on Windows, or $PICAMLINK_CONFIG_DIR / --config-dir (platform.config_dir).
 
 The viewer encrypts when it knows the agent's key (`--agent-key`, or known_agents); CURVE then also
 proves the agent is the one holding that key. To a loopback address without a known key it connects in
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,9 @@ from pathlib import Path
 import zmq
 
 from protocol.address import is_loopback, parse_address
-from protocol.keys import check_public_key, default_config_dir, parse_certificate, render_certificate
+from protocol.keys import check_public_key, parse_certificate, quoted_key, render_certificate
+
+from . import platform
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ KEY_NAME = "viewer"
 
 
 def config_root(config_dir=None) -> Path:
-    return Path(config_dir).expanduser() if config_dir else default_config_dir()
+    return Path(config_dir).expanduser() if config_dir else platform.config_dir()
 
 
 def known_agents_file(config_dir=None) -> Path:
@@ -37,22 +41,28 @@ def known_agents_file(config_dir=None) -> Path:
 
 
 def _private_dir(path: Path) -> Path:
+    existed = path.is_dir()
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if stat.S_IMODE(path.stat().st_mode) != 0o700:
-        path.chmod(0o700)
+    if not existed or platform.others_can_read(path):
+        platform.restrict_to_owner(path, directory=True)
     return path
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Owner-only (0600) and atomic: temp file in the same directory, fsync, rename."""
+    """Owner-only and atomic: temp file in the same directory (mkstemp makes it 0600 on POSIX; on Windows
+    its ACL is set before the secret goes in), fsync, rename. No os.fchmod: Windows has none."""
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o600)
+        if platform.is_windows():
+            platform.restrict_to_owner(Path(temp))
         os.write(fd, data)
         os.fsync(fd)
         os.close(fd)
+        fd = -1
         os.replace(temp, path)
     except BaseException:
+        if fd >= 0:
+            os.close(fd)
         try:
             os.unlink(temp)
         except OSError:
@@ -72,9 +82,9 @@ def create_or_load_keys(config_dir=None) -> tuple[ViewerKeys, bool]:
     directory = config_root(config_dir) / "viewer"
     secret_file = directory / f"{KEY_NAME}.key_secret"
     if secret_file.exists():
-        mode = stat.S_IMODE(secret_file.stat().st_mode)
-        if mode & 0o077:
-            raise PermissionError(f"{secret_file} is readable by others (mode {mode:o}); run chmod 600 {secret_file}")
+        problem = platform.others_can_read(secret_file)
+        if problem:
+            raise PermissionError(problem)
         public, secret = parse_certificate(secret_file.read_text())
         if secret is None:
             raise ValueError(f"{secret_file} holds no secret key")
@@ -136,17 +146,35 @@ def remember_agent(address: str, key: str, config_dir=None) -> Path:
 
 
 def how_to_trust(address: str, config_dir=None) -> str:
-    """The one sentence that tells a user how to trust an agent."""
-    return (f"run `pi-agent keys` on the Pi and pass --agent-key KEY, or add the line '{_address_key(address)} KEY' "
-            f"to {known_agents_file(config_dir)}")
+    """The one sentence that tells a user how to trust an agent (commands quoted so they paste into a shell)."""
+    entry = _address_key(address)
+    option = f" --config-dir {quoted_path(config_root(config_dir))}" if config_dir else ""
+    return (f"run `pi-agent keys` on the Pi, then here `host-viewer trust {entry} 'AGENT_KEY'{option}` (kept in "
+            f"{known_agents_file(config_dir)}), or pass --agent-key='AGENT_KEY' once")
+
+
+def how_to_authorize(public_key: str) -> str:
+    """The command that lets this viewer in, to run on the Pi."""
+    return f"pi-agent authorize {quoted_key(public_key)}"
+
+
+def quoted_path(path: Path) -> str:
+    """A path quoted for a shell when it needs it (single quotes; Windows paths in double quotes)."""
+    text = str(path)
+    if platform.is_windows():
+        return f'"{text}"' if " " in text else text
+    import shlex
+
+    return shlex.quote(text)
 
 
 class CurveClient:
     """Applied to the viewer's DEALER: its own key pair and the agent's public key it expects."""
 
-    def __init__(self, server_key: str, keys: ViewerKeys):
+    def __init__(self, server_key: str, keys: ViewerKeys, config_dir=None):
         self.server_key = check_public_key(server_key)
         self.keys = keys
+        self.config_dir = config_dir  # named in the hints the client gives
 
     def apply_client(self, sock: zmq.Socket) -> None:
         sock.curve_secretkey = self.keys.secret.encode("ascii")
@@ -173,5 +201,5 @@ def client_security(address: str, *, agent_key: str | None = None, insecure: boo
                              f"(or pass --insecure to connect in plain text)")
     keys, created = create_or_load_keys(config_dir)
     if created:
-        log.warning("created this viewer's key; allow it on the Pi with: pi-agent authorize %s", keys.public)
-    return CurveClient(key, keys)
+        log.warning("created this viewer's key; allow it on the Pi with: %s", how_to_authorize(keys.public))
+    return CurveClient(key, keys, config_dir)

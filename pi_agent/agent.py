@@ -16,7 +16,7 @@ from .camera.base import CameraBackend
 from .commands import AgentContext, CameraLease, CommandRouter
 from .calibration.service import CalibrationService
 from .pipeline import CapturePipeline, Demand
-from .server import AgentServer
+from .server import MAX_SESSIONS, AgentServer
 from .state import StateStore
 from .snapshot import SnapshotCommand
 from .watchdog import Watchdog
@@ -27,13 +27,35 @@ log = logging.getLogger(__name__)
 SOFTWARE = "picamlink-agent 0.1.0"
 
 
+def raise_open_file_limit(wanted: int = 65536) -> tuple[int, int]:
+    """Raise this process's soft limit on open files towards the hard limit (at most `wanted`).
+
+    Each viewer connection is a descriptor; at the common soft limit of 1024 an agent holding ~1000 idle
+    connections could accept no new viewer. Raising the soft limit needs no privilege. Returns (before,
+    after); unchanged where the platform has no such limit."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return (-1, -1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("open-file limit raised from %d to %d", soft, target)
+            return soft, target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+    return soft, soft
+
+
 class Agent:
     """Start with `start()`, stop with `stop()`; `port` is the bound port (handy with port 0 in tests)."""
 
     def __init__(self, camera: CameraBackend, listen: str, *, size=(640, 480), fps: float = 30.0, quality: int = 80,
                  name: str | None = None, security=None, session_timeout: float = 5.0, context=None,
                  state_dir: str | None = None, announce: bool = False,
-                 on_fatal: Callable[[str], None] | None = None):
+                 on_fatal: Callable[[str], None] | None = None, max_viewers: int = MAX_SESSIONS):
         """`on_fatal(reason)` is called (once, from the watchdog's thread) if a thread the agent needs ends
         while it runs; `pi-agent` exits non-zero then. Without it the failure is only logged and `failed` set."""
         self.camera = camera
@@ -59,7 +81,8 @@ class Agent:
         self.calibration.restore()
         SnapshotCommand(self.pipeline, lambda: self.configuration).register(self.router)
         self.server = AgentServer(listen, self.router, self.welcome, security=security,
-                                  session_timeout=session_timeout, context=context, demand=self.demand)
+                                  session_timeout=session_timeout, context=context, max_sessions=max_viewers,
+                                  demand=self.demand)
         self.context.viewers = lambda: self.server.viewer_count
         self.context.extra["frames_sent"] = lambda: self.server.counters["frames_sent"]  # status
         self.context.events = self._on_event  # e.g. controls_changed, to every viewer

@@ -1,6 +1,7 @@
 """`pi-agent`: stream the camera (simulated by default when no Pi camera is present) to viewers.
 
-`pi-agent keys` creates/shows the agent's key; `pi-agent authorize VIEWER_KEY_OR_FILE` allows a viewer in."""
+`pi-agent keys` creates/shows the agent's key; `pi-agent authorize VIEWER_KEY_OR_FILE` allows a viewer in;
+`pi-agent service install|uninstall|status` runs it as a systemd service."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import os
 import signal
 import sys
 import threading
+
+from protocol.keys import key_arguments, quoted_key
 
 from .camera.factory import CAMERA_CHOICES, check_camera_kind, make_camera
 from .state import DEFAULT_STATE_DIR, StateStore
@@ -57,10 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=30.0, help="frame rate (0 = as fast as possible)")
     p.add_argument("--quality", type=int, default=80, help="JPEG quality 1-100")
     p.add_argument("--name", default=None, help="the agent's name shown to viewers (default: the hostname)")
+    p.add_argument("--max-viewers", type=int, default=64, metavar="N",
+                   help="viewers served at once (default 64); more are refused with a 'busy' error and logged")
     p.add_argument("--no-announce", action="store_true",
                    help="do not announce the agent on the local network (mDNS/zeroconf)")
     sim = p.add_argument_group("simulated camera")
-    sim.add_argument("--sensor", default="imx219", help="imx219, imx477, imx708 or ov5647")
+    sim.add_argument("--sensor", default="imx219",
+                     help="imx219, imx477, imx708, ov5647, imx296; monochrome: ov9281, imx296_mono")
     sim.add_argument("--scene", default="chart", help="chart, white or dark")
     sim.add_argument("--colour-temperature", type=float, default=5000.0, metavar="K", help="illuminant, kelvin")
     sim.add_argument("--seed", type=int, default=0, help="random seed (determinism)")
@@ -96,7 +102,7 @@ def build_authorize_parser() -> argparse.ArgumentParser:
 
 
 def keys_main(argv: list[str]) -> int:
-    from .security import authorized_keys, create_or_load_keys
+    from .security import create_or_load_keys, read_allowlist
 
     args = build_keys_parser().parse_args(argv)
     try:
@@ -104,19 +110,23 @@ def keys_main(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         print(f"pi-agent keys: {exc}", file=sys.stderr)
         return 1
-    allowed = authorized_keys(args.config_dir)
+    allowlist = read_allowlist(args.config_dir)
+    allowed = allowlist.allowed
     print(keys.public)
     print(f"# {'created' if created else 'the agent key in'} {keys.directory} (secret: agent.key_secret, 0600)",
           file=sys.stderr)
-    print(f"# viewers trust it with: host-viewer HOST:PORT --agent-key {keys.public}", file=sys.stderr)
+    print(f"# viewers trust it with: host-viewer trust HOST:PORT {quoted_key(keys.public)}", file=sys.stderr)
+    print(f"#   or once: host-viewer HOST:PORT --agent-key={quoted_key(keys.public)}", file=sys.stderr)
     print(f"# {len(allowed)} authorised viewer(s) in {keys.authorized_dir}"
           + (f": {', '.join(sorted(allowed.values()))}" if allowed else "; add one with `pi-agent authorize KEY`"),
           file=sys.stderr)
+    for path, reason in sorted(allowlist.refused.items()):
+        print(f"# REFUSED {path}: {reason}", file=sys.stderr)
     return 0
 
 
 def authorize_main(argv: list[str]) -> int:
-    from .security import authorize
+    from .security import authorize, read_allowlist
 
     args = build_authorize_parser().parse_args(argv)
     try:
@@ -124,12 +134,20 @@ def authorize_main(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         print(f"pi-agent authorize: {exc}", file=sys.stderr)
         return 2
-    print(f"{'authorised' if added else 'already authorised'}: {key} ({path}); takes effect at its next connection")
+    print(f"{'authorised' if added else 'already authorised'}: {quoted_key(key)} ({path}); takes effect at its "
+          f"next connection")
+    for refused, reason in sorted(read_allowlist(args.config_dir).refused.items()):
+        print(f"pi-agent authorize: note: {quoted_key(refused)} is REFUSED: {reason}", file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    argv = key_arguments(argv)  # `pi-agent authorize -KEY...`: a key starting with '-' is a key, not an option
+    if argv[:1] == ["service"]:
+        from .service import main as service_main
+
+        return service_main(argv[1:])
     if argv[:1] == ["keys"]:
         return keys_main(argv[1:])
     if argv[:1] == ["authorize"]:
@@ -139,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.quality <= 100:
         print("pi-agent: --quality must be between 1 and 100", file=sys.stderr)
         return 2
-    from .agent import Agent
+    from .agent import Agent, raise_open_file_limit
     from .security import InsecureListen, server_security
 
     if args.clear_calibration:
@@ -161,8 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         limit_opencv_threads(camera)
         stop = threading.Event()
         fatal: list[str] = []
+        raise_open_file_limit()
+        # Before the socket is up: a stop request that comes as soon as viewers can connect still stops
+        # cleanly (every viewer gets its `bye`) instead of killing the process.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality,
                       state_dir=args.state_dir, name=args.name, announce=not args.no_announce, security=security,
+                      max_viewers=max(1, args.max_viewers),
                       on_fatal=lambda reason: (fatal.append(reason), stop.set()))
         port = agent.start()
     except (ValueError, RuntimeError) as exc:
@@ -171,8 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     log.info("streaming %s %dx%d at %g fps on port %d, %s (Ctrl-C to stop)",
              camera.sensor.model, args.size[0], args.size[1], args.fps, port,
              f"encrypted, agent key {security.keys.public}" if security else "plain text")
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):  # wakes for signals on every platform
         pass
     if fatal:

@@ -22,18 +22,16 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-import simplejpeg
-
 from protocol import ErrorCode, Frame, encode
 
-from .camera.base import CameraBackend, CameraError, CapturedFrame
+from .camera.base import CameraBackend, CameraError, CapturedFrame, capture_timeout
 from .errors import CommandError
+from .jpeg import encode_main
 from .stats import RawStats, compute_stats, compute_stream_stats
 from .wire import plain
 
 log = logging.getLogger(__name__)
 
-CAPTURE_TIMEOUT = 2.0  # s; a capture that takes longer is a camera failure (the backend raises CameraError)
 MAX_BACKOFF = 2.0  # s between attempts to reopen a failing camera
 
 
@@ -224,6 +222,13 @@ class CapturePipeline:
             return 0.0
         return (len(window) - 1) / max(window[-1] - window[0], 1e-9)
 
+    def capture_timeout(self, startup: bool = False) -> float:
+        """Seconds before a capture counts as a camera failure: follows the frame duration and exposure in
+        force and requested (camera.base.capture_timeout), so a 2.5 s frame period is not a stall; `startup`:
+        the first frame after (re)starting the camera, which libcamera may precede by hidden startup frames."""
+        camera = self.camera
+        return capture_timeout(camera.configuration, camera.controls(), self.last_metadata, startup)
+
     @property
     def last_stats(self) -> RawStats | None:
         """Statistics of the newest frame: full ones if already computed, else the last streamed frame's
@@ -236,6 +241,7 @@ class CapturePipeline:
     # the capture thread ----------------------------------------------------------------------------
     def _capture_loop(self) -> None:
         failures = 0  # consecutive failed captures; reset by the first good frame
+        startup = True  # no frame yet since the camera (re)started
         while not self._stop.is_set():
             with self._listeners_lock:
                 listeners = list(self._listeners)
@@ -245,7 +251,7 @@ class CapturePipeline:
             if not wanted and self.free_running and not listeners:
                 wanted, full = self.demand.claim()  # still nobody: take one frame (metadata stays current)
             try:
-                frame = self.camera.capture(timeout=CAPTURE_TIMEOUT)
+                frame = self.camera.capture(timeout=self.capture_timeout(startup))
             except Exception as exc:  # CameraError, or a backend bug: either way report and reopen
                 if wanted:
                     self.demand.release()
@@ -260,7 +266,9 @@ class CapturePipeline:
                 self._on_event("camera_error", f"capture failed: {exc}; reopening the camera",
                                {"failures": failures, "error": str(exc)[:200]})
                 self._recover(failures)
+                startup = True
                 continue
+            startup = False
             if failures:
                 log.info("camera recovered after %d failed capture(s)", failures)
                 self._on_event("camera_recovered", f"frames are flowing again after {failures} failed capture(s)",
@@ -320,7 +328,7 @@ class CapturePipeline:
         f = frame
         stats = pending.computed() or compute_stream_stats(f.raw, f.bayer_order, f.bit_depth, f.black_level)
         self._last_stream_stats = stats
-        jpeg = simplejpeg.encode_jpeg(f.main, quality=self.quality, colorspace="BGR", colorsubsampling="420")
+        jpeg = encode_main(f, self.quality, "420")  # greyscale for a monochrome sensor
         height, width = f.main.shape[:2]
         metadata = f.metadata
         capture_ns = int(metadata.get("SensorTimestamp", time.monotonic_ns()))

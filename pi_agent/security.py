@@ -30,6 +30,7 @@ from protocol.address import is_loopback, parse_address
 from protocol.keys import default_config_dir, parse_certificate, public_key_from_text, render_certificate
 
 from .atomic import atomic_write_bytes
+from .ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +94,136 @@ def create_or_load_keys(config_dir=None) -> tuple[AgentKeys, bool]:
     return AgentKeys(public=public, secret=secret, directory=directory), True
 
 
-def authorized_keys(config_dir=None) -> dict[str, str]:
-    """{public key: name} of every viewer allowed in (an unreadable file is skipped and logged)."""
+# --- StrictModes: an allowlist others can write to is no allowlist -----------------------------------
+
+def _private_group(gid: int) -> bool:
+    """The user's own group with no other member (Debian's sshd lets such a group write, as here)."""
+    if gid != os.getegid():
+        return False
+    try:
+        import grp
+        import pwd
+
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        return set(grp.getgrgid(gid).gr_mem) <= {me}
+    except (ImportError, KeyError):
+        return False
+
+
+def _unsafe_mode(st: os.stat_result) -> str | None:
+    """Why a file or directory with this stat lets someone else change it, or None."""
+    if st.st_uid not in (0, os.geteuid()):
+        return f"is owned by uid {st.st_uid}, not by this user or root"
+    if st.st_mode & stat.S_IWOTH:
+        return f"is writable by everyone (mode {stat.S_IMODE(st.st_mode):o})"
+    if st.st_mode & stat.S_IWGRP and not _private_group(st.st_gid):
+        return f"is writable by its group (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _directories_problem(directory: Path, via: str, holding: str | None) -> str | None:
+    """Why `directory` (a real path) or one above it up to the home directory (or /) is unsafe, or None.
+    A world-writable directory with the sticky bit (/tmp) is accepted above the first one."""
+    home = Path(os.path.realpath(os.path.expanduser("~")))
+    own_directory = True
+    while True:
+        try:
+            st = directory.stat()
+        except OSError as exc:
+            return f"{directory} cannot be read: {exc.strerror}"
+        problem = _unsafe_mode(st)
+        sticky_shared = not own_directory and st.st_mode & stat.S_ISVTX and st.st_uid in (0, os.geteuid())
+        if problem and not (sticky_shared and "writable" in problem):
+            what = f" holding {holding}" if own_directory and holding else ""
+            return f"the directory {directory}{what}{via} {problem}"
+        if directory == home or directory.parent == directory:
+            return None
+        directory = directory.parent
+        own_directory = False
+
+
+def key_file_problem(path: Path) -> str | None:
+    """Why sshd's StrictModes would refuse the authorized key `path`, or None when it is safe.
+
+    As sshd (auth.c secure_filename / safe_path) does: the file, after following any symlink, and every
+    directory above it up to the home directory (or /) must be owned by this user or root and writable
+    by no one else. Unlike sshd, a world-writable directory with the sticky bit (/tmp) is accepted ABOVE
+    the key's own directory: no one else can rename or replace entries in it. Debian's exception for a
+    private user group applies. Not checked where there are no POSIX owners (Windows)."""
+    if not hasattr(os, "geteuid"):
+        return None
+    real = Path(os.path.realpath(path))
+    via = f" (via the symlink {path})" if real != Path(os.path.abspath(path)) else ""
+    try:
+        st = real.stat()
+    except OSError as exc:
+        return f"{real}{via} cannot be read: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{real}{via} is not a regular file"
+    problem = _unsafe_mode(st)
+    if problem:
+        return f"{real}{via} {problem}"
+    return _directories_problem(real.parent, via, real.name)
+
+
+# ZAP reads the allowlist at every handshake: say why a file is refused once per 5 minutes, not per handshake.
+_refusals_log = RateLimitedLog(log, interval=300.0, burst=1)
+# A stranger retrying (or a flood of CURVE handshakes) is logged a few times per minute and key.
+_strangers_log = RateLimitedLog(log, interval=60.0, burst=2)
+
+
+def _log_refusal(path: Path, reason: str) -> None:
+    _refusals_log.warning((str(path), reason), "refusing the authorized key %s: %s (as sshd's StrictModes would)",
+                          path, reason)
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """authorized_keys read once: `allowed` {public key: name}; `refused` {file: reason} (unsafe files)."""
+
+    allowed: dict[str, str]
+    refused: dict[str, str]
+
+
+def read_allowlist(config_dir=None) -> AllowList:
+    """Every key file in authorized_keys, each accepted or refused with the reason (logged, rate-limited)."""
     directory = agent_dir(config_dir) / "authorized_keys"
     allowed: dict[str, str] = {}
+    refused: dict[str, str] = {}
     try:
         entries = sorted(directory.glob("*.key"))
     except OSError:
-        return allowed
+        return AllowList(allowed, refused)
     for path in entries:
+        problem = key_file_problem(path)
+        if problem:
+            refused[str(path)] = problem
+            _log_refusal(path, problem)
+            continue
         try:
             allowed[parse_certificate(path.read_text())[0]] = path.stem
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             log.warning("ignoring %s: %s", path, exc)
-    return allowed
+    return AllowList(allowed, refused)
+
+
+def authorized_keys(config_dir=None) -> dict[str, str]:
+    """{public key: name} of every viewer allowed in (an unreadable file is skipped and logged; an unsafe
+    one, writable by others, refused and logged: see `key_file_problem`)."""
+    return read_allowlist(config_dir).allowed
+
+
+def authorized_dir_problem(config_dir=None) -> str | None:
+    """Why every key placed in authorized_keys would be refused (the directory, or one above it, is
+    writable by others), or None (also when it does not exist yet: `authorize` creates it owner-only)."""
+    if not hasattr(os, "geteuid"):
+        return None
+    directory = agent_dir(config_dir) / "authorized_keys"
+    if not directory.exists():
+        return None
+    real = Path(os.path.realpath(directory))
+    via = f" (via the symlink {directory})" if real != Path(os.path.abspath(directory)) else ""
+    return _directories_problem(real, via, None)
 
 
 def authorize(key_or_file: str, name: str | None = None, config_dir=None) -> tuple[str, Path, bool]:
@@ -118,6 +235,10 @@ def authorize(key_or_file: str, name: str | None = None, config_dir=None) -> tup
     else:
         key = public_key_from_text(key_or_file)
         default_name = "viewer-" + re.sub(r"[^A-Za-z0-9]", "", key)[:8]
+    problem = authorized_dir_problem(config_dir)
+    if problem:
+        raise UnsafeKeyPath(f"refused: {problem}, so the agent would refuse every key in it (as sshd's "
+                            f"StrictModes does); make it writable only by you (chmod go-w) and try again")
     existing = authorized_keys(config_dir)
     directory = private_dir(agent_dir(config_dir) / "authorized_keys")
     if key in existing:
@@ -129,7 +250,16 @@ def authorize(key_or_file: str, name: str | None = None, config_dir=None) -> tup
         path = directory / f"{stem}-{n}.key"
         n += 1
     atomic_write_bytes(path, render_certificate(key, comment=f"viewer allowed to connect: {stem}"))
+    problem = key_file_problem(path)
+    if problem:
+        path.unlink()
+        raise UnsafeKeyPath(f"refused: {problem}, so the agent would refuse this key (as sshd's StrictModes "
+                            f"does); fix the permissions and try again")
     return key, path, True
+
+
+class UnsafeKeyPath(PermissionError):
+    """authorized_keys (or a directory above it) is writable by others: keys there would be refused."""
 
 
 # One ZAP authenticator per ZeroMQ context (it binds the context's inproc ZAP endpoint); each CurveServer
@@ -172,7 +302,8 @@ class CurveServer:
             log.debug("viewer %s (%s) authorised", allowed[text], text)
             return True
         self.refused += 1
-        log.warning("refused a viewer with an unknown key %s (allow it with: pi-agent authorize %s)", text, text)
+        _strangers_log.warning(text, "refused a viewer with an unknown key %s (allow it with: pi-agent authorize %s)",
+                               text, text)
         return False
 
     @property

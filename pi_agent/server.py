@@ -30,10 +30,12 @@ from protocol.limits import MAX_VIEWER_MESSAGE, SUPPORTED_VERSIONS
 from .commands import CommandRouter
 from .mailbox import Mailbox
 from .pipeline import Demand, EncodedFrame
+from .ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
 MAX_CREDIT = 8
+MAX_SESSIONS = 64  # viewers served at once; more get a clear "busy" error (each costs a send per frame)
 MAX_COMMAND_ID_LEN = 64
 STALE_FRAME_S = 0.1  # an encoded frame older than this is not offered to a new or re-credited viewer
 BYE_LINGER_MS = 500  # how long a stopping agent waits for its `bye` messages to leave (bounded)
@@ -48,12 +50,37 @@ class Session:
     sent_sequence: int = -1
     frames_sent: int = 0
     user: str = ""  # the viewer's CURVE public key when encryption is on
+    address: str = ""  # the viewer's IP address (ZeroMQ's Peer-Address), for the log
     capabilities: list = field(default_factory=list)
     full_stats: bool = False  # hello asked for full statistics and metadata in every frame
     # The session's own message numbering (1 = welcome, +1 per message to this viewer), so that a viewer
     # sees a gap when a message to it was dropped. Frames are encoded once for all viewers and carry the
     # camera frame number instead; `frames_sent` (echoed in each pong) lets a viewer count lost frames.
     sequencer: Sequencer = field(default_factory=lambda: Sequencer(time.monotonic_ns))
+
+
+def _load_malloc_trim():
+    """glibc's malloc_trim, or None elsewhere (musl, macOS, Windows)."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+        trim.argtypes = [ctypes.c_size_t]
+        return trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def _peer_address(frame: zmq.Frame) -> str:
+    try:
+        return frame.get("Peer-Address") or ""
+    except Exception:  # not every transport sets it
+        return ""
 
 
 class AgentServer:
@@ -68,6 +95,7 @@ class AgentServer:
         context: zmq.Context | None = None,
         session_timeout: float = 5.0,
         security=None,
+        max_sessions: int = MAX_SESSIONS,
         demand: Demand | None = None,
     ):
         self.host, self.port = parse_address(listen)
@@ -79,6 +107,13 @@ class AgentServer:
         self._own_context = context is None
         self._ctx = context or (zmq.Context() if self._own_context else zmq.Context.instance())
         self._session_timeout = session_timeout
+        self.max_sessions = max_sessions
+        # A peer flooding bad messages gets a few log lines per window, not one per message (per address).
+        self._peer_log = RateLimitedLog(log, interval=10.0, burst=5)
+        self._peer_address = ""  # Peer-Address of the message being handled (socket thread only)
+        self._peak_sessions = 0  # since the last time freed memory was handed back (socket thread only)
+        self._last_trim = 0.0
+        self._trims_left = 0
         self._security = security  # applies CURVE server options to the socket, or None for plain text
         self.mailbox = Mailbox()
         self.demand = demand or Demand()  # what the capture thread may encode: kept current by this thread
@@ -91,7 +126,7 @@ class AgentServer:
         self.bound_port: int | None = None
         # handler_errors: exceptions in handling one message or mailbox item; the thread logged it and went on
         self.counters = {"received": 0, "bad_messages": 0, "frames_sent": 0, "frames_skipped": 0,
-                         "handler_errors": 0}
+                         "handler_errors": 0, "sessions_refused": 0}
 
     # called from other threads -----------------------------------------------------------------------
     def publish(self, frame: EncodedFrame) -> None:
@@ -184,6 +219,7 @@ class AgentServer:
                 now = time.monotonic()
                 if now >= next_sweep:
                     self._guarded(self._forget_silent, now, what="the sweep of silent viewers")
+                    self._guarded(self._release_memory, now, what="returning freed memory")
                     next_sweep = now + 1.0
         finally:
             for identity in list(self.sessions):
@@ -212,9 +248,11 @@ class AgentServer:
                 log.warning("receiving failed: %s; the agent goes on", exc)
                 return
             self.counters["received"] += 1
+            self._peer_address = _peer_address(parts[-1])
             if len(parts) != 2:
                 self.counters["bad_messages"] += 1
-                log.warning("dropped a message of %d parts (one identity and one body expected)", len(parts))
+                self._peer_log.warning(self._peer_address or parts[0].bytes, "dropped a message of %d parts from "
+                                       "%s (one identity and one body expected)", len(parts), self._name(parts[0].bytes))
                 if parts:
                     self._send(sock, parts[0].bytes, Error(id=None, code=ErrorCode.PROTOCOL,
                                message="a message must be exactly one ZeroMQ frame"))
@@ -226,9 +264,17 @@ class AgentServer:
             except Exception:
                 pass
             if not self._guarded(self._handle_bytes, sock, identity, body.buffer, user,
-                                 what=f"a message from viewer {identity.hex()}"):
+                                 what=f"a message from viewer {self._name(identity)}"):
                 self._send(sock, identity, Error(id=None, code=ErrorCode.INTERNAL,
                            message="the agent failed to handle your last message (logged); it goes on serving"))
+
+    def _name(self, identity: bytes, session: Session | None = None) -> str:
+        """A viewer as the log names it: address, full ZeroMQ identity (consecutive viewers' generated
+        identities share their first bytes) and the client it says it is."""
+        session = session or self.sessions.get(identity)
+        address = (session.address if session else self._peer_address) or "?"
+        client = f" ({session.client})" if session and session.client else ""
+        return f"{address}#{identity.hex()}{client}"
 
     def _guarded(self, handler, *args, what: str) -> bool:
         """Run one unit of the socket thread's work; an exception is logged and counted, never fatal to the
@@ -248,7 +294,8 @@ class AgentServer:
             envelope = decode(data, max_size=MAX_VIEWER_MESSAGE)
         except ProtocolError as exc:
             self.counters["bad_messages"] += 1
-            log.warning("bad message from viewer %s: %s", identity.hex()[:8], exc.message)
+            self._peer_log.warning(self._peer_address or identity, "bad message from viewer %s: %s",
+                                   self._name(identity), exc.message)
             self._send(sock, identity, Error(id=None, code=exc.code, message=exc.message))
             return
         message = envelope.message
@@ -273,7 +320,7 @@ class AgentServer:
             self._command(identity, message)
         elif isinstance(message, Bye):
             self.sessions.pop(identity, None)
-            log.info("viewer %s left (%s)", session.client or identity.hex()[:8], message.reason)
+            log.info("viewer %s left (%s)", self._name(identity, session), message.reason)
         else:
             self.counters["bad_messages"] += 1
             self._send(sock, identity, Error(id=None, code=ErrorCode.PROTOCOL,
@@ -286,15 +333,23 @@ class AgentServer:
                        message=f"no common protocol version: viewer speaks {hello.versions[:8]}, "
                                f"agent speaks {list(SUPPORTED_VERSIONS)}"))
             return
+        if identity not in self.sessions and len(self.sessions) >= self.max_sessions:
+            self.counters["sessions_refused"] += 1
+            self._peer_log.warning("sessions full", "refused viewer %s: already serving %d viewers (the limit)",
+                                   self._name(identity), len(self.sessions))
+            self._send(sock, identity, Error(id=None, code=ErrorCode.BUSY,
+                       message=f"the agent already serves {len(self.sessions)} viewers, its limit; try again later"))
+            return
         credit = hello.credit if isinstance(hello.credit, int) else 2
         welcome = self._welcome()
         session = Session(
             identity=identity, client=hello.client[:80], credit=max(0, min(MAX_CREDIT, credit)),
-            last_seen=time.monotonic(), user=user, capabilities=hello.capabilities[:32],
+            last_seen=time.monotonic(), user=user, capabilities=hello.capabilities[:32], address=self._peer_address,
             full_stats="full_stats" in hello.capabilities[:32],
         )
         self.sessions[identity] = session
-        log.info("viewer %s connected (%s%s); %d viewer(s)", identity.hex()[:8], hello.client[:80],
+        self._peak_sessions = max(self._peak_sessions, len(self.sessions))
+        log.info("viewer %s connected%s; %d viewer(s)", self._name(identity, session),
                  f", key {user}" if user else "", len(self.sessions))
         # The viewer may already have gone (hello, then close): the send forgets the session, so
         # continue only with this very session, if it is still there.
@@ -375,15 +430,33 @@ class AgentServer:
             return False
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
-                if self.sessions.pop(identity, None) is not None:
-                    log.info("viewer %s is gone; session forgotten", identity.hex()[:8])
+                gone = self.sessions.pop(identity, None)
+                if gone is not None:
+                    log.info("viewer %s is gone; session forgotten", self._name(identity, gone))
                 return False
             log.warning("send failed: %s", exc)
             return False
+
+    def _release_memory(self, now: float) -> None:
+        """Hand the memory of departed sessions back to the system once they are gone.
+
+        Each session's frames queued in ZeroMQ (up to MAX_CREDIT JPEGs, plus kernel buffers) are freed when
+        its connection closes, but glibc keeps freed heap, most of it in the arenas of libzmq's I/O threads:
+        1,000 non-reading viewers left the agent 50-110 MB larger for good. malloc_trim(0) returns free
+        pages of every arena. Runs twice, 10 s apart, after the number of sessions fell by 8 or more."""
+        if self._peak_sessions - len(self.sessions) >= 8:
+            self._peak_sessions = len(self.sessions)
+            self._trims_left = 2  # now, and once more when the last connections have closed
+        if self._trims_left <= 0 or now - self._last_trim < 10.0:
+            return
+        self._trims_left -= 1
+        self._last_trim = now
+        if _malloc_trim is not None:
+            _malloc_trim(0)
 
     def _forget_silent(self, now: float) -> None:
         for identity, session in list(self.sessions.items()):
             if now - session.last_seen > self._session_timeout:
                 del self.sessions[identity]
-                log.info("viewer %s silent for %.1f s; session forgotten", session.client or identity.hex()[:8],
+                log.info("viewer %s silent for %.1f s; session forgotten", self._name(identity, session),
                          now - session.last_seen)

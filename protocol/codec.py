@@ -91,6 +91,7 @@ def decode(data: bytes | memoryview, max_size: int = limits.MAX_INBOUND_TO_VIEWE
             strict_map_key=True,
             use_list=True,
             ext_hook=_refuse_ext,
+            max_ext_len=0,  # msgpack decodes the timestamp ext (-1) itself, anywhere, without ext_hook
             max_str_len=limits.MAX_STR_LEN,
             max_bin_len=size,
             max_array_len=limits.MAX_ARRAY_LEN,
@@ -99,6 +100,9 @@ def decode(data: bytes | memoryview, max_size: int = limits.MAX_INBOUND_TO_VIEWE
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, FormatError, ...)
+        if "max_ext_len" in str(exc) or "timestamp" in str(exc):
+            raise ProtocolError(ErrorCode.PROTOCOL, "msgpack extension types (timestamps too) are not part of the "
+                                                    "protocol, anywhere in a message") from None
         raise ProtocolError(ErrorCode.PROTOCOL, f"not a valid msgpack message: {exc}") from None
     if not isinstance(payload, dict):
         raise ProtocolError(ErrorCode.PROTOCOL, f"a message must be a msgpack map, not {_type_name(payload)}")

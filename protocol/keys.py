@@ -90,3 +90,35 @@ def default_config_dir() -> Path:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "picamlink"
+
+
+def quoted_key(key: str) -> str:
+    """`key` quoted for a POSIX shell, PowerShell and cmd alike: Z85 has `&`, `$`, `#`, `(`, `<`... but never a
+    single quote, so single quotes keep it one literal word."""
+    return f"'{key}'"
+
+
+def key_arguments(argv: list[str], value_options: tuple[str, ...] = ()) -> list[str]:
+    """`argv` with every CURVE public key that starts with '-' (about 1 key in 85) made safe from argparse,
+    which would read it as an option: after one of `value_options` it becomes `--option=KEY`; as a
+    positional it moves behind a `--` at the end (positionals keep their order)."""
+    out: list[str] = []
+    tail: list[str] = []
+    for token in argv:
+        looks_like_key = token.startswith("-") and len(token.strip("'\"")) == KEY_LENGTH
+        if looks_like_key:
+            try:
+                check_public_key(token)
+            except ValueError:
+                looks_like_key = False
+        if looks_like_key and out and out[-1] in value_options:
+            out[-1] = f"{out[-1]}={token}"
+        elif looks_like_key:
+            tail.append(token)
+        else:
+            out.append(token)
+    if not tail:
+        return out
+    if "--" in out:
+        return out + tail
+    return out + ["--"] + tail

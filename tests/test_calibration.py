@@ -34,6 +34,9 @@ def started_camera(sensor="imx219", scene="white", raw_size=None, product=None, 
         cam.set_controls({"AeEnable": False, "ExposureTime": int(exposure),
                           "AnalogueGain": min(max(product / exposure, 1.0), cam.sensor.gain_max)})
     cam.start()
+    if product is not None:
+        for _ in range(4):  # the requested exposure in force (the sensor's delays), as on a running stream
+            cam.capture()
     return cam
 
 

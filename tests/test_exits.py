@@ -118,8 +118,8 @@ def test_ctrl_c_while_connecting_is_quiet(tmp_path):
         listener.listen()
         port = listener.getsockname()[1]
         viewer = Viewer([f"127.0.0.1:{port}", "--headless", "--connect-timeout", "60"])
-        wait_until(lambda: viewer.process.poll() is not None or len(viewer.lines) >= 0 and _alive_for(viewer, 1.0),
-                   10, message="the viewer waiting")
+        wait_until(lambda: "no ZeroMQ greeting" in viewer.stderr or viewer.process.poll() is not None, 30,
+                   message="the viewer waiting for a greeting")
         viewer.process.send_signal(signal.SIGINT)
         code, _ = viewer.finish()
     assert code == 130
@@ -151,3 +151,58 @@ def test_quitting_the_window_during_a_calibration_cancels_it_on_the_agent(start_
     assert keys.running is None and keys.last_result is None
     assert "cancelled" in app.tile.status
     assert state_file.read_bytes() == before
+
+
+def _listener(greeting: bytes | None):
+    """A TCP port that accepts and then says `greeting` (or nothing): not a ZeroMQ peer."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if greeting:
+                conn.sendall(greeting)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, held
+
+
+@pytest.mark.parametrize("kind", ["refused", "silent", "ssh"])
+def test_connection_problems_are_said_at_once_and_once(kind):
+    """The viewer prints what is wrong as soon as it knows (well inside --connect-timeout) and only once."""
+    import socket
+
+    held: list = []
+    if kind == "refused":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]  # closed again: nothing listens there
+        server = None
+    else:
+        server, held = _listener(None if kind == "silent" else b"SSH-2.0-OpenSSH_9.2\r\n")
+        port = server.getsockname()[1]
+    try:
+        viewer = Viewer([f"127.0.0.1:{port}", "--headless", "--connect-timeout", "60"])
+        expected = "connection refused" if kind == "refused" else "no ZeroMQ greeting"
+        wait_until(lambda: expected in viewer.stderr, 30, message=f"{expected!r} said")
+        assert viewer.process.poll() is None  # still waiting (an agent may be starting), as it said
+        _alive_for(viewer, 2.0)  # it keeps retrying meanwhile; the sentence is not repeated
+        viewer.process.send_signal(signal.SIGINT)
+        code, _ = viewer.finish()
+    finally:
+        if server is not None:
+            server.close()
+        for conn in held:
+            conn.close()
+    assert code == 130
+    assert viewer.stderr.count(expected) == 1, viewer.stderr
+    assert "Traceback" not in viewer.stderr

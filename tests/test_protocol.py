@@ -134,3 +134,35 @@ def test_sequencer_numbers_messages():
     seq = p.Sequencer(lambda: 77)
     first, second = (p.decode(seq.encode(p.Ping(t0=1))) for _ in range(2))
     assert (first.seq, second.seq, first.ts) == (1, 2, 77)
+
+
+def _spec_table(heading_words: str) -> list[list[str]]:
+    """Rows (cells) of the first table after the line starting with `heading_words` in docs/protocol.md."""
+    from pathlib import Path
+
+    lines = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading_words))
+    rows, inside = [], False
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            inside = True
+            if not set(line) <= set("|-: "):  # not the separator row
+                rows.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+        elif inside:
+            break
+    return rows[1:]  # without the header
+
+
+def test_the_spec_lists_every_command_with_exactly_the_arguments_the_agent_takes():
+    import re
+
+    from protocol.controls import COMMAND_ARGS
+
+    rows = _spec_table("## Commands")
+    documented = {row[0].strip("`"): set(re.findall(r"`(\w+)`", row[1])) for row in rows}
+    assert documented == {name: set(args) for name, args in COMMAND_ARGS.items()}
+
+
+def test_the_spec_lists_every_error_code():
+    rows = _spec_table("## Error codes")
+    assert {row[0].strip("`") for row in rows} == set(p.ErrorCode.ALL)

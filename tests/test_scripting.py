@@ -13,6 +13,7 @@ import pytest
 
 from host_viewer import errors
 from host_viewer.results import CalibrationResult, Controls, Snapshot, Status
+from pi_agent.camera.sim import SimulatedCamera
 from protocol.errors import ErrorCode
 
 from .conftest import wait_until
@@ -30,7 +31,8 @@ def readme_example() -> str:
 
 
 def test_the_readme_scripting_example_runs_as_written(start_agent, tmp_path):
-    agent = start_agent(size=(320, 240), fps=30)
+    # the agent the README asks for: `pi-agent --camera sim --scene white`
+    agent = start_agent(SimulatedCamera(sensor="imx219", scene="white", seed=1), size=(320, 240), fps=30)
     script = tmp_path / "script.py"
     script.write_text(readme_example())
     run = subprocess.run([sys.executable, str(script), f"127.0.0.1:{agent.port}"], cwd=tmp_path,

@@ -81,6 +81,19 @@ class CameraFrameSource(FrameSource):
         return self.next(timeout)  # nothing is in flight between our own captures
 
 
+class StillFrameSource(FrameSource):
+    """Full-resolution stills (`CameraBackend.capture_still`): the whole pixel array, whatever mode the stream
+    runs in. Each still is a fresh request with the controls and lens shading table in force; the stream
+    goes on in its own mode between them (on a Pi it pauses for the two mode switches)."""
+
+    def _next(self, timeout: float) -> tuple[CapturedFrame, RawStats]:
+        frame = self.camera.capture_still(timeout=max(timeout, 30.0))  # a 12 MP still: two mode switches and a frame
+        return frame, compute_stats(frame.raw, frame.bayer_order, frame.bit_depth, frame.black_level)
+
+    def fresh(self, timeout: float = 5.0) -> tuple[CapturedFrame, RawStats]:
+        return self.next(timeout)  # every still is a new request made after this call
+
+
 class PipelineFrameSource(FrameSource):
     """Every frame the streaming pipeline captures, taken from its listener (streaming goes on meanwhile)."""
 

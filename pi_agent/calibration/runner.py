@@ -43,6 +43,22 @@ def normalise_what(what: Any) -> str:
     return ALIASES.get(what, what)
 
 
+PASS_KEYS = ("level", "measurements", "frames", "seconds", "ExposureTime", "AnalogueGain", "converged", "reason")
+
+
+def with_passes(previous: dict[str, Any] | None, report: dict[str, Any]) -> dict[str, Any]:
+    """The exposure report of a run with one or more exposure passes: the last pass's values, `passes`
+    listing every pass, and `measurements`, `frames`, `seconds` summed over them (the run's whole cost)."""
+    passes = list(previous["passes"]) if previous else []
+    passes.append({k: report[k] for k in PASS_KEYS})
+    out = dict(report)
+    out["passes"] = passes
+    for key in ("measurements", "frames"):
+        out[key] = sum(p[key] for p in passes)
+    out["seconds"] = round(sum(p["seconds"] for p in passes), 3)
+    return out
+
+
 def run(what: str, source: FrameSource, settings: ExposureSettings | None = None,
         progress: Callable[[str, float, dict], None] = lambda s, f, d: None,
         check_cancelled: Callable[[], None] = lambda: None) -> Outcome:
@@ -57,9 +73,7 @@ def run(what: str, source: FrameSource, settings: ExposureSettings | None = None
         check_cancelled()
         if step == "exposure":
             report = calibrate_exposure(source, settings, step_progress, check_cancelled)
-            if "exposure" in outcome.result:
-                report["first_pass"] = {k: outcome.result["exposure"][k] for k in ("level", "measurements", "frames")}
-            outcome.result["exposure"] = report
+            outcome.result["exposure"] = with_passes(outcome.result.get("exposure"), report)
             if not report["converged"]:
                 error = CalibrationError(f"exposure did not converge: {report['reason'].replace('_', ' ')} "
                                          f"(level {report['level']:g}, target {report['target']:g})")

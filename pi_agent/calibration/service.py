@@ -14,6 +14,8 @@ import math
 import threading
 from typing import Any
 
+import numpy as np
+
 from protocol import Command, ErrorCode
 
 from ..camera.base import CameraError, LensShadingTable
@@ -23,6 +25,7 @@ from ..errors import CommandError
 from ..state import StateStore, table_from_json, table_to_json
 from .exposure import ExposureSettings
 from .frames import CalibrationError, PipelineFrameSource
+from .lens_shading import put_back_table
 from .runner import normalise_what, run
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,12 @@ def _number(args: dict, name: str, low: float, high: float) -> float | None:
     return float(value)
 
 
+def mono_refusal(what: str, model: str) -> str:
+    """The sentence refusing a colour calibration on a monochrome sensor (only exposure applies)."""
+    return (f"calibrate {what}: the {model} is a monochrome sensor; white balance and lens-shading colour tables "
+            "need colour channels it does not have. Calibrate 'exposure' instead")
+
+
 class NotPersisted(CommandError):
     """The calibration ran and is in force, but saving it failed: the reply says so (never a saved path),
     and the job keeps the new calibration in force (`in_force`) rather than rolling it back."""
@@ -53,6 +62,24 @@ class NotPersisted(CommandError):
                          f"calibration done and in force, but NOT persisted ({reason}): it will be lost when "
                          f"the agent restarts; the files saved before are unchanged",
                          detail={**result, "in_force": True, "persisted": False})
+
+
+def table_geometry_problem(geometry: Any, sensor) -> str | None:
+    """Why a saved table cannot be put in force on `sensor` (None: it can, in every mode).
+
+    A table is right in every mode only if it was measured over the whole pixel array of this sensor:
+    libcamera (and our backends) resample it to each mode's crop. A table without a recorded geometry
+    (saved before it was recorded) or measured in a crop is refused rather than silently wrong."""
+    if not isinstance(geometry, dict):
+        return "it does not record the geometry it was measured in"
+    full = [int(v) for v in sensor.full_array]
+    if geometry.get("coordinates") != "full pixel array" or list(geometry.get("full_array", [])) != full:
+        return (f"it was measured in {geometry.get('measured_crop')} of a {geometry.get('full_array')} array, "
+                f"not over this sensor's whole {full[0]}x{full[1]} array")
+    crop = list(geometry.get("measured_crop", []))
+    if crop != [0, 0, *full]:
+        return f"it was measured in the crop {crop}, not over the whole {full[0]}x{full[1]} array"
+    return None
 
 
 class CalibrationService:
@@ -94,7 +121,11 @@ class CalibrationService:
                 table = table_from_json(saved["lens_shading_table"])
                 if table.grid != GRIDS[camera.tuning_target]:
                     raise ValueError(f"table grid {table.grid} does not suit this ISP ({camera.tuning_target})")
-                camera.apply_lens_shading(table)
+                refused = table_geometry_problem(saved["lens_shading_table"].get("geometry"), camera.sensor)
+                if refused:
+                    log.error("saved lens shading table not applied: %s; calibrate lens shading again", refused)
+                else:
+                    camera.apply_lens_shading(table)
         except (ValueError, KeyError, TypeError, CameraError) as exc:
             log.error("could not apply the saved calibration from %s: %s", self.store.path, exc)
             return False
@@ -115,6 +146,33 @@ class CalibrationService:
             out["tuning_file"] = str(self.store.tuning_path)
         out["controls"] = state.get("controls", {})
         out.update(state.get("results", {}))
+        for part, reason in self._stale(state).items():
+            out[part] = {**out[part], "stale": reason}
+        return out
+
+    def _stale(self, state: dict[str, Any]) -> dict[str, str]:
+        """{part: why} for saved results the camera no longer has in force (controls changed since, e.g. by
+        set_controls, or another table): they are reported as stale, never as still true."""
+        results = state.get("results", {})
+        if not results:
+            return {}
+        camera = self.context.camera
+        requested = camera.controls()
+        out: dict[str, str] = {}
+        e = results.get("exposure")
+        if e and (requested.get("AeEnable", True) or requested.get("ExposureTime") != e["ExposureTime"]
+                  or abs(float(requested.get("AnalogueGain", 0.0)) - float(e["AnalogueGain"])) > 1e-6):
+            out["exposure"] = "the exposure in force is no longer the calibrated one"
+        w = results.get("white_balance")
+        gains = requested.get("ColourGains")
+        if w and (requested.get("AwbEnable", True) or gains is None
+                  or any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(gains, w["colour_gains"]))):
+            out["white_balance"] = "the colour gains in force are no longer the calibrated ones"
+        saved = state.get("lens_shading_table")
+        table = camera.lens_shading
+        if results.get("lens_shading") and saved and (
+                table is None or not np.allclose(np.asarray(saved["luminance"]), table.luminance, atol=1e-3)):
+            out["lens_shading"] = "the lens shading table in force is no longer the calibrated one"
         return out
 
     def _record(self, result: dict[str, Any], table: LensShadingTable | None, tuning: dict | None) -> None:
@@ -129,14 +187,25 @@ class CalibrationService:
                 controls.update({"AeEnable": False, "ExposureTime": e["ExposureTime"], "AnalogueGain": e["AnalogueGain"]})
                 results["exposure"] = {k: e[k] for k in ("level", "target", "measurements", "frames", "seconds",
                                                          "ExposureTime", "AnalogueGain")}
-            if "white_balance" in result:
+                if len(e.get("passes", ())) > 1:
+                    results["exposure"]["passes"] = [{k: p[k] for k in ("level", "measurements", "frames")}
+                                                     for p in e["passes"]]
+            if "lens_shading" in result and table is not None:
+                s = result["lens_shading"]
+                # the table with the geometry it was measured in (full-array coordinates: right in every mode)
+                state["lens_shading_table"] = {**table_to_json(table), "geometry": s["geometry"]}
+                results["lens_shading"] = {k: s[k] for k in ("grid", "residual_pct", "worst_cell_pct")}
+                kept = s.get("white_balance")
+                if kept:  # the white balance in force was carried over to the new table and measured again
+                    controls.update({"AwbEnable": False, "ColourGains": list(kept["colour_gains"])})
+                    if "white_balance" in results:
+                        results["white_balance"] = {"colour_gains": list(kept["colour_gains"]),
+                                                    "neutral_error_pct": kept["neutral_error_pct"],
+                                                    "measured_after": "lens_shading"}
+            if "white_balance" in result:  # after the table: in "all" white balance follows lens shading
                 w = result["white_balance"]
                 controls.update({"AwbEnable": False, "ColourGains": list(w["colour_gains"])})
                 results["white_balance"] = {k: w[k] for k in ("colour_gains", "neutral_error_pct")}
-            if "lens_shading" in result and table is not None:
-                s = result["lens_shading"]
-                state["lens_shading_table"] = table_to_json(table)
-                results["lens_shading"] = {k: s[k] for k in ("grid", "residual_pct", "worst_cell_pct")}
             state.update({"sensor": camera.sensor.model, "controls": controls, "results": results,
                           "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
             self.state = state
@@ -158,6 +227,8 @@ class CalibrationService:
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"calibrate: {exc}") from None
         self.context.pipeline.require_running("calibrate")
         sensor = self.context.camera.sensor
+        if sensor.is_mono and what != "exposure":
+            raise CommandError(ErrorCode.BAD_ARGUMENT, mono_refusal(what, sensor.model))
         settings = ExposureSettings(
             target=_number(args, "target", sensor.black_level, sensor.white_level),
             tolerance=_number(args, "tolerance", 0.0, 0.5) or 0.05,
@@ -173,8 +244,7 @@ class CalibrationService:
                 return  # the new calibration stays in force; only saving it failed
             log.info("calibration stopped: restoring controls %s", before_controls)
             if camera.lens_shading is not before_table:
-                camera.apply_lens_shading(before_table if before_table is not None
-                                          else LensShadingTable.flat(GRIDS[camera.tuning_target]))
+                put_back_table(camera, before_table)
             camera.restore_controls(before_controls)
 
         def work(job: Job) -> dict[str, Any]:
@@ -217,8 +287,8 @@ class CalibrationService:
         except OSError as exc:
             raise CommandError(ErrorCode.FAILED, f"clear_calibration: could not remove the saved calibration "
                                                  f"({exc.strerror or exc}); it stays saved and in force") from None
-        camera.apply_lens_shading(LensShadingTable.flat(GRIDS[camera.tuning_target]))
-        if self._uncalibrated is not None:  # nothing was calibrated since start: the controls stay as they are
+        camera.clear_lens_shading()  # the stock (adaptive, on a Pi) table, not a flat one
+        if self._uncalibrated is not None:  # the requested set from before the first calibration (None: none ran)
             camera.restore_controls(self._uncalibrated)
             self._uncalibrated = None
         with self._lock:

@@ -214,7 +214,7 @@ class Request:
         ReuseBuffers = 1
 
     def __init__(self, camera: "Camera", cookie: int):
-        self._camera = camera
+        self._camera = weakref.ref(camera)  # a Camera* in C++: no keep-alive
         self.cookie = cookie
         self._buffers: dict = {}
         self._controls: dict = {}
@@ -259,7 +259,6 @@ class Camera:
     def __init__(self, manager: "CameraManager", pipe):
         self._manager = manager  # keep-alive: a camera keeps its CameraManager (py_camera_manager.cpp)
         self._pipe = pipe
-        self._state = "Available"
 
     @property
     def id(self) -> str:
@@ -281,19 +280,19 @@ class Camera:
     def acquire(self) -> None:
         machine = self._pipe.machine
         with machine.lock:
-            if self._state != "Available" or self._pipe.index in machine.acquired:
+            if self._pipe.camera_state != "Available" or self._pipe.index in machine.acquired:
                 raise RuntimeError("Failed to acquire camera: Device or resource busy")
             machine.acquired.add(self._pipe.index)
-            self._state = "Acquired"
+            self._pipe.camera_state = "Acquired"
 
     def release(self) -> None:
-        if self._state == "Running":
+        if self._pipe.camera_state == "Running":
             raise RuntimeError("Failed to release camera: Device or resource busy")
         machine = self._pipe.machine
         with machine.lock:
-            if self._state != "Available":
+            if self._pipe.camera_state != "Available":
                 machine.acquired.discard(self._pipe.index)
-            self._state = "Available"
+            self._pipe.camera_state = "Available"
 
     def generate_configuration(self, roles) -> CameraConfiguration:
         pipe = self._pipe
@@ -325,35 +324,35 @@ class Camera:
         return config
 
     def configure(self, config: CameraConfiguration) -> None:
-        if self._state not in ("Acquired", "Configured"):
-            raise RuntimeError("Failed to configure camera: Device or resource busy" if self._state == "Running"
+        if self._pipe.camera_state not in ("Acquired", "Configured"):
+            raise RuntimeError("Failed to configure camera: Device or resource busy" if self._pipe.camera_state == "Running"
                                else "Failed to configure camera: Permission denied")
         self._pipe.configure(config)
-        self._state = "Configured"
+        self._pipe.camera_state = "Configured"
 
     def create_request(self, cookie: int = 0) -> Request:
-        if self._state not in ("Configured", "Running"):
+        if self._pipe.camera_state not in ("Configured", "Running"):
             raise RuntimeError("Failed to create request: Cannot allocate memory")
         return Request(self, cookie)
 
     def start(self, controls: dict | None = None) -> None:
-        if self._state != "Configured":
+        if self._pipe.camera_state != "Configured":
             raise RuntimeError("Failed to start camera: Permission denied")
         patched = {cid: to_control_value(cid, v) for cid, v in dict(controls or {}).items()}
         self._patch_controls(patched)
         self._pipe.start(patched)
-        self._state = "Running"
+        self._pipe.camera_state = "Running"
 
     def stop(self) -> None:
-        if self._state != "Running":
+        if self._pipe.camera_state != "Running":
             return
         cancelled = self._pipe.stop()
         for request in cancelled:  # completed as Cancelled through the manager, like the pipeline's stop
             self._manager._complete(request, request.sequence, {}, success=False, cancelled=True)
-        self._state = "Configured"
+        self._pipe.camera_state = "Configured"
 
     def queue_request(self, request: Request) -> None:
-        if self._state != "Running":
+        if self._pipe.camera_state != "Running":
             raise RuntimeError("Failed to queue request: Permission denied")
         if request.status != Request.Status.Pending:
             raise RuntimeError("Failed to queue request: Device or resource busy")
@@ -394,9 +393,13 @@ class CameraManager:
         self._lock = threading.Lock()
         source = os.environ.get("LIBCAMERA_RPI_TUNING_FILE") or None
         record = {"source": source, "tunings": {}, "errors": {}}
-        self._cameras: list[Camera] = []
+        # The C++ manager owns the cameras; Python Camera objects only keep the manager alive (keep_alive in
+        # py_camera_manager.cpp), so nothing here refers back to them strongly: when picamera2 drops its last
+        # Camera and its CameraManager wrapper, this manager is gone at once (no cycle waiting for the GC).
+        self._pipes: list = []
+        self._camera_objects: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         for index, module in enumerate(machine.cameras):
-            path = source or machine.stock_tuning_path(module.sensor)
+            path = source or machine.stock_tuning_path(module.tuning_model)
             try:
                 with open(path) as f:
                     tuning = json.load(f)
@@ -405,14 +408,14 @@ class CameraManager:
                 check_tuning(tuning, machine.target)
             except Exception as exc:  # the IPA fails to init: the camera is not registered
                 error = f"{type(exc).__name__}: {exc}"
-                log.error("simulated libcamera: camera %d (%s): tuning %s rejected: %s", index, module.sensor,
+                log.error("simulated libcamera: camera %d (%s): tuning %s rejected: %s", index, module.info.model,
                           path, error)
                 record["errors"][index] = error
                 continue
             record["tunings"][index] = tuning
             pipe = RPiCameraData(self, index, module, machine, tuning, path)
             machine.register(index, pipe)
-            self._cameras.append(Camera(self, pipe))
+            self._pipes.append(pipe)
         with machine.lock:
             machine.managers_created.append(record)
 
@@ -434,10 +437,17 @@ class CameraManager:
 
     @property
     def cameras(self) -> list:
-        return list(self._cameras)
+        out = []
+        for pipe in self._pipes:
+            cam = self._camera_objects.get(pipe.index)
+            if cam is None:
+                cam = Camera(self, pipe)
+                self._camera_objects[pipe.index] = cam
+            out.append(cam)
+        return out
 
     def get(self, camera_id: str):
-        return next((c for c in self._cameras if c.id == camera_id), None)
+        return next((c for c in self.cameras if c.id == camera_id), None)
 
     @property
     def event_fd(self) -> int:
