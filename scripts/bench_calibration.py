@@ -12,7 +12,8 @@ Lens shading: the OFM / CTT-2020 cell-mean table (ceil-sized cells, lum = max(g)
 our interpolation-aware fit, from the SAME averaged white frames, each applied to the simulated ISP and
 measured identically (per-channel 16×12 cell means of the processed image in linear light).
 
-Run: /work/venv/bin/python scripts/bench_calibration.py   (writes section "calibration" of docs/benchmarks.md)
+Run: .venv/bin/python scripts/bench_calibration.py           (writes section "calibration" of docs/benchmarks.md)
+     .venv/bin/python scripts/bench_calibration.py --quick   (IMX219 only, one shading; prints, writes nothing)
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from pi_agent.camera.base import LensShadingTable  # noqa: E402
 from pi_agent.camera.sim import SimulatedCamera  # noqa: E402
 from pi_agent.camera.tuning import MAX_GAIN  # noqa: E402
 from scripts.benchdoc import write_section  # noqa: E402
+
+SENSORS = ("imx219", "imx477")  # --quick: IMX219 only
+SHADINGS = (0.8, 0.5, 0.3)  # --quick: one
+LUXES = (2000.0, 500.0, 120.0)  # --quick: one
 
 FULL_FIELD = {"imx219": (1640, 1232), "imx477": (2028, 1520)}
 LONG_PAUSE = {"imx219": 0.5, "imx477": 1.0}
@@ -108,8 +113,8 @@ def ours_exposure(cam: SimulatedCamera) -> dict:
 def exposure_table() -> str:
     rows = ["| sensor | exposure needed | method | start | measurements | raw frames | time (est.) | final level − black (target) |",
             "|---|---|---|---|---:|---:|---:|---|"]
-    for sensor in ("imx219", "imx477"):
-        for lux in (2000.0, 500.0, 120.0):
+    for sensor in SENSORS:
+        for lux in LUXES[:1] if len(SHADINGS) == 1 else LUXES:
             ideal = ideal_product(sensor, lux)
             target = camera(sensor).sensor.target_white_level - camera(sensor).sensor.black_level
             need = f"{ideal / 1000:.2f} ms"
@@ -147,8 +152,8 @@ def cell_mean_table(mean_raw: np.ndarray, bayer_order: str, black: int, grid=(16
 def lst_table() -> str:
     rows = ["| sensor | corner shading | method | residual_pct | worst_cell_pct | corner cells | fit time |",
             "|---|---:|---|---:|---:|---:|---:|"]
-    for sensor in ("imx219", "imx477"):
-        for shading in (0.8, 0.5, 0.3):
+    for sensor in SENSORS:
+        for shading in SHADINGS:
             cam = camera(sensor, shading=shading)
             ours = calibrate_exposure(CameraFrameSource(cam))
             assert ours["converged"]
@@ -270,7 +275,15 @@ def modes_table() -> str:
     return "\n".join(rows)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="IMX219 and one shading only; print, write nothing")
+    args = p.parse_args(argv)
+    if args.quick:
+        global SENSORS, SHADINGS
+        SENSORS, SHADINGS = ("imx219",), (0.5,)
     exposure = exposure_table()
     lst = lst_table()
     orders = order_table()
@@ -295,8 +308,9 @@ def main() -> int:
         "largest per-channel std/mean of 16x12 cell means of true shading × the gains in force, per mode; "
         "ground truth computed in the script.\n\n" + modes + "\n"
     )
-    write_section("calibration", text, command="python scripts/bench_calibration.py")
     print(text)
+    if not args.quick:
+        write_section("calibration", text, command="python scripts/bench_calibration.py")
     return 0
 
 
