@@ -55,4 +55,5 @@ class ViewingSession:
             "clock_offset_ms": _round(best.offset_ns / 1e6 if best else None),
             "rtt_ms": _round(best.rtt_ns / 1e6 if best else None),
             "mbit_s": round(self.client.bytes_received * 8 / 1e6 / span, 3) if span else 0.0,
+            "events": dict(self.client.event_counts),  # the agent's events by name, e.g. {"camera_error": 2}
         }

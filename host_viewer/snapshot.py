@@ -72,16 +72,19 @@ def dng_bytes(raw: np.ndarray, bayer_order: str, bit_depth: int, black_level: in
     tags.set(Tag.TileWidth, width)
     tags.set(Tag.TileLength, height)
     tags.set(Tag.Orientation, Orientation.Horizontal)
-    tags.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array)
     tags.set(Tag.SamplesPerPixel, 1)
     tags.set(Tag.BitsPerSample, 16)
-    tags.set(Tag.CFARepeatPatternDim, [2, 2])
-    tags.set(Tag.CFAPattern, getattr(CFAPattern, bayer_order))
+    if bayer_order == "MONO":  # a monochrome sensor: one linear plane, no colour filter, no colour calibration
+        tags.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Linear_Raw)
+    else:
+        tags.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array)
+        tags.set(Tag.CFARepeatPatternDim, [2, 2])
+        tags.set(Tag.CFAPattern, getattr(CFAPattern, bayer_order))
+        tags.set(Tag.ColorMatrix1, [_rational(v, 10000) for row in XYZ_TO_SRGB for v in row])
+        tags.set(Tag.CalibrationIlluminant1, CalibrationIlluminant.D65)
+        tags.set(Tag.AsShotNeutral, [_rational(1.0 / float(gains[0])), [1, 1], _rational(1.0 / float(gains[1]))])
     tags.set(Tag.BlackLevel, [int(black_level)])
     tags.set(Tag.WhiteLevel, [(1 << bit_depth) - 1])
-    tags.set(Tag.ColorMatrix1, [_rational(v, 10000) for row in XYZ_TO_SRGB for v in row])
-    tags.set(Tag.CalibrationIlluminant1, CalibrationIlluminant.D65)
-    tags.set(Tag.AsShotNeutral, [_rational(1.0 / float(gains[0])), [1, 1], _rational(1.0 / float(gains[1]))])
     if "ExposureTime" in metadata:
         tags.set(Tag.ExposureTime, [[int(metadata["ExposureTime"]), 1_000_000]])
     if "AnalogueGain" in metadata:

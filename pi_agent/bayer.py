@@ -12,8 +12,14 @@ CHANNELS = ("R", "Gr", "Gb", "B")
 BAYER_ORDERS = ("BGGR", "GBRG", "GRBG", "RGGB")
 
 
+MONO = "MONO"  # a monochrome sensor: no colour cell (raw R8/R10/R12)
+
+
 def plane_offsets(order: str) -> dict[str, tuple[int, int]]:
-    """(row, column) of R, Gr, Gb and B inside the 2x2 cell of a Bayer `order`."""
+    """(row, column) of R, Gr, Gb and B inside the 2x2 cell of a Bayer `order`. For MONO the four sites of
+    the 2x2 cell under the same names (one colour: block statistics per site stay valid)."""
+    if order == MONO:
+        return {"R": (0, 0), "Gr": (0, 1), "Gb": (1, 0), "B": (1, 1)}
     if order not in BAYER_ORDERS:
         raise ValueError(f"unknown Bayer order {order!r}; expected one of {', '.join(BAYER_ORDERS)}")
     cells = {(0, 0): order[0], (0, 1): order[1], (1, 0): order[2], (1, 1): order[3]}

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-announce", action="store_true",
                    help="do not announce the agent on the local network (mDNS/zeroconf)")
     sim = p.add_argument_group("simulated camera")
-    sim.add_argument("--sensor", default="imx219", help="imx219, imx477, imx708 or ov5647")
+    sim.add_argument("--sensor", default="imx219",
+                     help="imx219, imx477, imx708, ov5647, imx296; monochrome: ov9281, imx296_mono")
     sim.add_argument("--scene", default="chart", help="chart, white or dark")
     sim.add_argument("--colour-temperature", type=float, default=5000.0, metavar="K", help="illuminant, kelvin")
     sim.add_argument("--seed", type=int, default=0, help="random seed (determinism)")
@@ -181,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         stop = threading.Event()
         fatal: list[str] = []
         raise_open_file_limit()
+        # Before the socket is up: a stop request that comes as soon as viewers can connect still stops
+        # cleanly (every viewer gets its `bye`) instead of killing the process.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality,
                       state_dir=args.state_dir, name=args.name, announce=not args.no_announce, security=security,
                       max_viewers=max(1, args.max_viewers),
@@ -192,8 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     log.info("streaming %s %dx%d at %g fps on port %d, %s (Ctrl-C to stop)",
              camera.sensor.model, args.size[0], args.size[1], args.fps, port,
              f"encrypted, agent key {security.keys.public}" if security else "plain text")
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):  # wakes for signals on every platform
         pass
     if fatal:

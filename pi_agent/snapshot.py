@@ -20,14 +20,13 @@ import logging
 import threading
 from typing import Any
 
-import simplejpeg
-
 from protocol import Command, Error, ErrorCode, Result, pack_array
 from protocol.limits import MAX_MESSAGE_SIZE
 
 from .camera.base import CameraError, CapturedFrame
 from .commands import CommandRouter, Reply
 from .errors import CommandError
+from .jpeg import encode_main
 from .pipeline import CapturePipeline
 from .stats import RawStats, compute_stats
 from .wire import plain
@@ -57,7 +56,7 @@ def _arguments(args: dict) -> tuple[int, bool, bool]:
 def snapshot_value(frame: CapturedFrame, stats: RawStats, quality: int, include_raw: bool,
                    configuration: dict[str, Any]) -> dict[str, Any]:
     """The result map of a snapshot (see docs/protocol.md): JPEG, raw array, metadata, stats, sensor facts."""
-    jpeg = simplejpeg.encode_jpeg(frame.main, quality=quality, colorspace="BGR", colorsubsampling="444")
+    jpeg = encode_main(frame, quality, "444")  # greyscale for a monochrome sensor
     height, width = frame.main.shape[:2]
     value: dict[str, Any] = {
         "frame": frame.sequence,
@@ -120,7 +119,8 @@ class SnapshotCommand:
 
     def _take_still(self, command: Command, reply: Reply, quality: int, include_raw: bool) -> None:
         try:
-            frame = self.pipeline.camera.capture_still(timeout=STILL_TIMEOUT_S)
+            # two mode switches plus a frame whose exposure may be long: the stream's own timeout on top
+            frame = self.pipeline.camera.capture_still(timeout=STILL_TIMEOUT_S + self.pipeline.capture_timeout())
         except NotImplementedError as exc:
             reason = str(exc) or "the camera cannot take a full-resolution still"
             log.info("snapshot: %s; taking the next streamed frame instead", reason)
@@ -181,9 +181,10 @@ class SnapshotCommand:
                 return
             self.pipeline.remove_listener(listener)
             reply(Error(id=command.id, code=ErrorCode.FAILED,
-                        message=f"no frame from the camera within {FRAME_TIMEOUT_S:g} s; snapshot not taken"))
+                        message=f"no frame from the camera within {wait:.3g} s; snapshot not taken"))
 
-        timer = threading.Timer(FRAME_TIMEOUT_S, timed_out)
+        wait = max(FRAME_TIMEOUT_S, self.pipeline.capture_timeout())  # long exposures: frames come slowly
+        timer = threading.Timer(wait, timed_out)
         timer.daemon = True
         timer.start()
         self.pipeline.add_listener(listener)

@@ -23,7 +23,7 @@ def test_format_names_parse(name, order, bits, packing):
     assert fmt.msb_aligned == (name == "SBGGR16")
 
 
-@pytest.mark.parametrize("name", ["YUV420", "R10", "SBGGR8_CSI2P", "SXXXX10", "BGGR", ""])
+@pytest.mark.parametrize("name", ["YUV420", "R8_CSI2P", "R14", "SBGGR8_CSI2P", "SXXXX10", "BGGR", ""])
 def test_unknown_formats_are_refused_clearly(name):
     with pytest.raises(RawFormatError, match="raw format"):
         parse_raw_format(name)

@@ -14,9 +14,11 @@ def test_registry_facts():
     assert (imx477.bit_depth, imx477.black_level, imx477.white_level, imx477.target_white_level) == (12, 256, 4095, 2800)
     assert get_sensor("imx708").black_level == 64 and get_sensor("ov5647").black_level == 16
     orders = {n: s.bayer_order for n, s in SENSORS.items()}
-    assert orders == {"imx219": "BGGR", "imx477": "BGGR", "imx708": "RGGB", "ov5647": "GBRG"}
+    assert orders == {"imx219": "BGGR", "imx477": "BGGR", "imx708": "RGGB", "ov5647": "GBRG", "imx296": "RGGB",
+                      "imx296_mono": "MONO", "ov9281": "MONO"}
     delays = {n: (s.exposure_delay, s.gain_delay) for n, s in SENSORS.items()}
-    assert delays == {"imx219": (2, 1), "imx477": (2, 2), "imx708": (2, 2), "ov5647": (2, 2)}
+    assert delays == {"imx219": (2, 1), "imx477": (2, 2), "imx708": (2, 2), "ov5647": (2, 2), "imx296": (2, 2),
+                      "imx296_mono": (2, 2), "ov9281": (2, 2)}  # camera_sensor_properties.cpp for the last three
     assert imx477.full_well_e == pytest.approx(8180) and imx477.read_noise_e == pytest.approx(3.0)
     assert {m.size for m in imx219.modes} == {(640, 480), (1640, 1232), (1920, 1080), (3280, 2464)}
     assert {m.size for m in imx477.modes} == {(1332, 990), (2028, 1080), (2028, 1520), (4056, 3040)}

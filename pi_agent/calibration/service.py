@@ -44,6 +44,12 @@ def _number(args: dict, name: str, low: float, high: float) -> float | None:
     return float(value)
 
 
+def mono_refusal(what: str, model: str) -> str:
+    """The sentence refusing a colour calibration on a monochrome sensor (only exposure applies)."""
+    return (f"calibrate {what}: the {model} is a monochrome sensor; white balance and lens-shading colour tables "
+            "need colour channels it does not have. Calibrate 'exposure' instead")
+
+
 class NotPersisted(CommandError):
     """The calibration ran and is in force, but saving it failed: the reply says so (never a saved path),
     and the job keeps the new calibration in force (`in_force`) rather than rolling it back."""
@@ -221,6 +227,8 @@ class CalibrationService:
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"calibrate: {exc}") from None
         self.context.pipeline.require_running("calibrate")
         sensor = self.context.camera.sensor
+        if sensor.is_mono and what != "exposure":
+            raise CommandError(ErrorCode.BAD_ARGUMENT, mono_refusal(what, sensor.model))
         settings = ExposureSettings(
             target=_number(args, "target", sensor.black_level, sensor.white_level),
             tolerance=_number(args, "tolerance", 0.0, 0.5) or 0.05,
@@ -280,7 +288,7 @@ class CalibrationService:
             raise CommandError(ErrorCode.FAILED, f"clear_calibration: could not remove the saved calibration "
                                                  f"({exc.strerror or exc}); it stays saved and in force") from None
         camera.clear_lens_shading()  # the stock (adaptive, on a Pi) table, not a flat one
-        if self._uncalibrated is not None:  # nothing was calibrated since start: the controls stay as they are
+        if self._uncalibrated is not None:  # the requested set from before the first calibration (None: none ran)
             camera.restore_controls(self._uncalibrated)
             self._uncalibrated = None
         with self._lock:

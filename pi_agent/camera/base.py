@@ -21,16 +21,21 @@ from .sensors import SensorInfo
 # never delivered by picamera2), and a request already in flight may carry the previous, longer exposure.
 MIN_CAPTURE_TIMEOUT_S = 2.0
 CAPTURE_TIMEOUT_FRAMES = 4
+# Frames libcamera may hide after a cold start() before the first one is delivered: 1 mistrusted frame plus
+# AGC's 6 convergence frames (src/ipa/rpi/cam_helper/cam_helper.cpp mistrustFramesStartup; rpi.agc
+# "convergence_frames" default), none when exposure and gain are manual. At 0.4 fps that is 17.5 s.
+STARTUP_FRAMES = 7
 
 
-def capture_timeout(configuration: dict[str, Any], requested: dict[str, Any], metadata: dict[str, Any]) -> float:
+def capture_timeout(configuration: dict[str, Any], requested: dict[str, Any], metadata: dict[str, Any],
+                    startup: bool = False) -> float:
     """Seconds a capture may take before the camera counts as stalled, from the frame duration and exposure
     in force and on their way: the last frame's FrameDuration and ExposureTime (µs, metadata), the requested
     ExposureTime, and the shortest frame the configured FrameDurationLimits (µs) allow (the longest limit is
     not used: free-running it is the sensor's maximum exposure, tens of seconds, not a frame that is coming).
 
     MIN_CAPTURE_TIMEOUT_S + CAPTURE_TIMEOUT_FRAMES × the longest of them: a 30 fps stream gets ≈ 2.1 s,
-    a 2.5 s frame period (0.4 fps) 12 s."""
+    a 2.5 s frame period (0.4 fps) 12 s; `startup` (the first frame after start()) adds STARTUP_FRAMES."""
     candidates = [0.0]
     for source, key in ((metadata, "FrameDuration"), (metadata, "ExposureTime"), (requested, "ExposureTime")):
         value = source.get(key) if isinstance(source, dict) else None
@@ -39,7 +44,8 @@ def capture_timeout(configuration: dict[str, Any], requested: dict[str, Any], me
     limits = configuration.get("FrameDurationLimits") if isinstance(configuration, dict) else None
     if limits:
         candidates.append(float(limits[0]))
-    return MIN_CAPTURE_TIMEOUT_S + CAPTURE_TIMEOUT_FRAMES * max(candidates) * 1e-6
+    frames = CAPTURE_TIMEOUT_FRAMES + (STARTUP_FRAMES if startup else 0)
+    return MIN_CAPTURE_TIMEOUT_S + frames * max(candidates) * 1e-6
 
 
 class CameraError(RuntimeError):

@@ -1,7 +1,8 @@
 """The Picamera2 backend: a real Raspberry Pi camera behind the CameraBackend interface.
 
-picamera2 is imported lazily (it exists only on a Pi, from apt); `picamera2_module=` lets tests pass the
-fake in tests/fakes. Facts this code relies on are in shared/reference/picamera2.md:
+picamera2 is imported lazily (on a Pi it comes from apt); `picamera2_module=` lets tests pass the module to
+use (the real picamera2 running on the simulated libcamera of tests/fakes). Facts this code relies on are in
+shared/reference/picamera2.md:
 
 - one video configuration with a main stream ("RGB888", which is B,G,R in memory: DRM fourcc naming) and
   an unpacked raw stream at the chosen sensor mode (`sensor={"output_size", "bit_depth"}`), queue=False
@@ -26,15 +27,18 @@ import json
 import logging
 import math
 import threading
+import time
 import weakref
+from concurrent.futures import CancelledError
 from typing import Any, Callable
 
 import numpy as np
 
 from .base import CameraBackend, CameraError, CapturedFrame, LensShadingTable
 from .requested import merge_requested
+from .limits import check_stream_request
 from .raw_unpack import RawFormatError, parse_raw_format, unpack_raw
-from .sensors import SENSORS, SensorInfo, SensorMode, _mode
+from .sensors import MONO, SensorInfo, SensorMode, _mode, sensor_for
 from .tuning import TuningError, grid_for_target, target_of, with_lens_shading
 
 log = logging.getLogger(__name__)
@@ -95,6 +99,29 @@ def _fresh_camera_manager(module) -> None:
     P._cm = cm_class()
 
 
+def _cancel_jobs(cam) -> None:
+    """Empty picamera2's job queue (`cancel_all_and_flush`): a job that can never finish (its frame never
+    came) stays at the head of `_job_list`, and every later job — stop() too — waits behind it
+    (picamera2/picamera2.py dispatch_functions, process_requests)."""
+    try:
+        cam.cancel_all_and_flush()
+    except Exception:  # a picamera2 without it, or a camera already closed: nothing queued to cancel
+        log.debug("cancel_all_and_flush failed", exc_info=True)
+
+
+def _abandon(cam, job) -> None:
+    """Give up on a timed-out job: take it out of the queue, and release its request if it finished in the
+    meantime (a request never released stalls the pipeline)."""
+    _cancel_jobs(cam)
+    try:
+        late = job.get_result(timeout=0)
+    except BaseException:  # cancelled, still pending, or failed: nothing to release
+        return
+    release = getattr(late, "release", None)
+    if release is not None:
+        release()
+
+
 def _main_to_bgr(array: np.ndarray, fmt: str) -> np.ndarray:
     """A main-stream array in DRM fourcc naming → HxWx3 BGR."""
     if fmt == "RGB888":
@@ -148,6 +175,8 @@ class Picamera2Camera(CameraBackend):
         self._sequence = 0
         self._table: LensShadingTable | None = None
         self._raw_format = None
+        self._request_lock = threading.Lock()  # a delivered request being read vs. the camera being switched
+        self._generation = 0  # +1 whenever the camera stops or is configured: older requests are stale
         try:
             _fresh_camera_manager(picamera2_module)  # whatever listed the cameras before must not pin the tuning
         except CameraError as exc:
@@ -170,6 +199,7 @@ class Picamera2Camera(CameraBackend):
         self._properties = dict(cam.camera_properties)
         self._model = str(self._properties.get("Model", "unknown"))
         self._sensor_modes = cam.sensor_modes  # cached before start(): reading it configures every mode
+        self._camera_sensor = self._sensor_from_camera()
         log.info("opened camera %d: %s (rotation %s)", self._camera_num, self._model, self._properties.get("Rotation"))
 
     def _open_error(self, exc: Exception, tuning) -> str:
@@ -189,6 +219,7 @@ class Picamera2Camera(CameraBackend):
     def _close_camera(self) -> None:
         cam, self._cam = self._cam, None
         self._started = False
+        self._invalidate_requests(cam)
         if cam is None:
             return
         try:
@@ -203,7 +234,7 @@ class Picamera2Camera(CameraBackend):
     # ================================================================ sensor facts
     @property
     def sensor(self) -> SensorInfo:
-        base = SENSORS.get(self._model.lower()) or self._generic_sensor()
+        base = self._camera_sensor
         if self._raw_format is None:
             return base
         bits = self._bit_depth
@@ -215,15 +246,42 @@ class Picamera2Camera(CameraBackend):
                                              else base.target_white_level << -shift)
         return dataclasses.replace(base, **changes)
 
-    def _generic_sensor(self) -> SensorInfo:
-        """Facts for a sensor missing from SENSORS, from what the camera reports (estimates where it is silent)."""
+    @property
+    def is_mono(self) -> bool:
+        """A monochrome sensor: ColorFilterArrangement MONO (5) in camera_properties, or raw modes R8/R10/R12
+        (picamera2.md §8; picamera2's own `is_mono` reads the same property)."""
+        if self._properties.get("ColorFilterArrangement") == 5:
+            return True
+        return any(parse_raw_format(str(m["unpacked"])).bayer_order == MONO for m in self._sensor_modes[:1])
+
+    def _sensor_from_camera(self) -> SensorInfo:
+        """The sensor as this camera lists it: its modes (size, depth, fps, crop) from picamera2's
+        `sensor_modes` and its pixel array from camera_properties, over the table's facts for the model (black
+        level, target, delays, gain codes) — the table only fills in what the camera does not report."""
+        mono = self.is_mono
+        base = sensor_for(self._model, mono) or self._generic_sensor(mono)
+        known = {(m.size, m.bit_depth): m for m in base.modes}
+        modes = []
+        for listed in self._sensor_modes:
+            size, bits, fps = tuple(int(v) for v in listed["size"]), int(listed["bit_depth"]), float(listed["fps"])
+            crop = tuple(int(v) for v in listed.get("crop_limits") or (0, 0, *size))
+            binning = max(1, round(crop[2] / size[0]))
+            table = known.get((size, bits))
+            # the line time (exposure quantum) is not listed: the table's where it has this mode, else from the rate
+            line = table.line_time_us if table is not None else None
+            modes.append(_mode(size, bits, fps, crop, binning, line_time_us=line))
+        full = tuple(self._properties.get("PixelArraySize") or max((m.size for m in modes), key=lambda s: s[0] * s[1]))
+        return dataclasses.replace(base, modes=tuple(modes), full_array=(int(full[0]), int(full[1])))
+
+    def _generic_sensor(self, mono: bool) -> SensorInfo:
+        """Facts for a sensor missing from the table, from what the camera reports (estimates where it is silent)."""
         modes = tuple(
             _mode(tuple(m["size"]), int(m["bit_depth"]), float(m["fps"]), tuple(m["crop_limits"]), 1)
             for m in self._sensor_modes
         )
         bits = max(m.bit_depth for m in modes)
         full = tuple(self._properties.get("PixelArraySize", max(m.size for m in modes)))
-        order = parse_raw_format(str(self._sensor_modes[0]["unpacked"])).bayer_order
+        order = MONO if mono else parse_raw_format(str(self._sensor_modes[0]["unpacked"])).bayer_order
         ranges = self._cam.camera_controls if self._cam else {}
         gmin, gmax = (ranges.get("AnalogueGain", (1.0, 16.0))[:2])
         return SensorInfo(model=self._model, bayer_order=order, bit_depth=bits, black_level=4096 >> (16 - bits),
@@ -249,11 +307,10 @@ class Picamera2Camera(CameraBackend):
                 raise CameraError("cannot configure a started camera; stop it first")
             if self._cam is None:
                 raise CameraError("camera is closed")
-            base = SENSORS.get(self._model.lower()) or self._generic_sensor()
-            mode = base.mode_of_size(raw_size) if raw_size is not None else base.choose_mode((w, h), fps)
-            if fps > mode.fps_max + 1e-6:
-                raise ValueError(f"{self._model} mode {mode.size[0]}x{mode.size[1]} runs at most {mode.fps_max} fps, "
-                                 f"asked {fps}")
+            base = self._camera_sensor
+            if raw_size is None:  # the same sentence as the simulator's, from the modes this camera lists
+                check_stream_request(base.model, base.modes, (w, h), fps)
+            mode = base.mode_for((w, h), fps, raw_size)  # ValueError naming the camera's own modes and rates
             pmode = self._picamera2_mode(mode)
             if fps > 0:
                 limits = (int(1e6 / fps), int(1e6 / fps))
@@ -263,6 +320,7 @@ class Picamera2Camera(CameraBackend):
                         "FrameDurationLimits": limits}
             raw_format = str(pmode["format"]) if self._packed else str(pmode["unpacked"])
             cam = self._cam
+            self._invalidate_requests(cam)
             try:
                 config = cam.create_video_configuration(
                     main={"size": (w, h), "format": MAIN_FORMAT},
@@ -316,37 +374,69 @@ class Picamera2Camera(CameraBackend):
                 self._started = True
 
     def stop(self) -> None:
+        """Stop streaming. picamera2's stop() is a job queued behind any pending one, so pending jobs are
+        cancelled first (`cancel_all_and_flush`, meant for exactly this: picamera2.py), and the stop runs
+        outside the camera lock: a camera that does not answer cannot freeze controls and status."""
         with self._lock:
-            if self._cam is not None and self._started:
-                self._cam.stop()
+            cam = self._cam if self._started else None
             self._started = False
+            self._invalidate_requests(cam)
+        if cam is not None:
+            cam.stop()
+
+    def _invalidate_requests(self, cam) -> None:
+        """Before the camera is stopped or configured again: wake a waiting capture (its job is cancelled, it
+        asks again) and make a request it already holds stale (it releases without reading)."""
+        if cam is not None:
+            _cancel_jobs(cam)
+        with self._request_lock:
+            self._generation += 1
 
     # ================================================================ frames
     def capture(self, timeout: float = 2.0) -> CapturedFrame:
-        if not self._lock.acquire(timeout=timeout + REOPEN_GRACE_S):
-            raise CameraError("camera busy (reopening) for too long")
-        try:
-            if self._cam is None or not self._started:
-                raise CameraError("camera not started")
-            cam = self._cam
+        """The next request's main, raw and metadata. The wait for the frame happens OUTSIDE the camera lock:
+        set_controls, status and a stop are never held up by a long exposure or a stalled camera. A capture
+        woken because the camera was stopped or switched meanwhile (a still, a tuning reopen) asks again, for
+        up to REOPEN_GRACE_S. A timed-out capture is taken out of picamera2's job queue (`_abandon`)."""
+        deadline = time.monotonic() + timeout + REOPEN_GRACE_S
+        while True:
+            if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise CameraError("camera busy (reopening) for too long")
             try:
-                request = cam.wait(cam.capture_request(wait=False), timeout)
+                if self._cam is None or not self._started:
+                    raise CameraError("camera not started")
+                cam, generation = self._cam, self._generation
+                try:
+                    job = cam.capture_request(wait=False)
+                except RuntimeError as exc:
+                    raise CameraError(f"capture failed: {exc}") from exc
+                fmt, size, bits, main_format = self._raw_format, self._raw_size, self._bit_depth, self._main_format
+            finally:
+                self._lock.release()
+            try:
+                request = cam.wait(job, timeout)
             except TimeoutError:
-                self._drop_stuck_jobs(cam)
-                raise CameraError(f"no frame from the camera within {timeout} s") from None
+                _abandon(cam, job)
+                raise CameraError(f"no frame from the camera within {timeout:.3g} s") from None
+            except CancelledError:
+                if time.monotonic() < deadline:
+                    continue  # the camera was stopped or switched meanwhile: ask the camera as it is now
+                raise CameraError("capture cancelled: the camera was stopped") from None
             except RuntimeError as exc:
                 raise CameraError(f"capture failed: {exc}") from exc
-            try:  # pixels and metadata of one request, and the buffers go back at once
-                main = request.make_array("main")
-                raw8 = request.make_array("raw")
-                metadata = request.get_metadata()
-            finally:
-                request.release()
-            sequence = self._sequence
-            self._sequence += 1
-            fmt, size, bits, main_format = self._raw_format, self._raw_size, self._bit_depth, self._main_format
-        finally:
-            self._lock.release()
+            with self._request_lock:
+                stale = generation != self._generation  # configured again since: the buffers are not ours
+                try:  # pixels and metadata of one request, and the buffers go back at once
+                    if not stale:
+                        main = request.make_array("main")
+                        raw8 = request.make_array("raw")
+                        metadata = request.get_metadata()
+                        sequence = self._sequence
+                        self._sequence += 1
+                finally:
+                    request.release()
+            if not stale:
+                break
         try:
             raw = unpack_raw(raw8, fmt, size, bits, self._decompress)
         except RawFormatError as exc:
@@ -358,17 +448,6 @@ class Picamera2Camera(CameraBackend):
             black = self.sensor.black_level
         return CapturedFrame(main=_main_to_bgr(main, main_format), raw=raw, metadata=metadata, sequence=sequence,
                              bayer_order=fmt.bayer_order, bit_depth=bits, black_level=black)
-
-    @staticmethod
-    def _drop_stuck_jobs(cam) -> None:
-        """A job whose wait timed out stays at the head of picamera2's job list (picamera2.py
-        `dispatch_functions`, `process_requests`): every later job — a capture, and `stop()` itself while the
-        event loop runs — would queue behind it until a frame arrives, which a stalled camera never sends.
-        `cancel_all_and_flush()` is picamera2's remedy for exactly this (its docstring)."""
-        try:
-            cam.cancel_all_and_flush()
-        except Exception:  # noqa: BLE001 - best effort; the timeout is what gets reported
-            log.exception("clearing picamera2's job queue after a timeout failed")
 
     # ================================================================ full-resolution still
     def capture_still(self, timeout: float = 5.0) -> CapturedFrame:
@@ -386,14 +465,14 @@ class Picamera2Camera(CameraBackend):
             if self._cam is None or not self._started:
                 raise CameraError("camera not started")
             cam = self._cam
-            base = SENSORS.get(self._model.lower()) or self._generic_sensor()
-            full = base.full_resolution_mode
+            full = self._camera_sensor.full_resolution_mode  # the largest mode the camera lists
             pmode = self._picamera2_mode(full)
             raw_format = str(pmode["format"]) if self._packed else str(pmode["unpacked"])
             shortest = int(math.ceil(full.min_frame_duration_us))
             stream_longest = int(self._configuration.get("FrameDurationLimits", (0, shortest))[1])
             controls = {**{k: v for k, v in self._requested.items() if k != "FrameDurationLimits"},
                         "FrameDurationLimits": (shortest, max(shortest, stream_longest))}
+            job = None
             try:
                 try:
                     still = cam.create_still_configuration(
@@ -402,10 +481,12 @@ class Picamera2Camera(CameraBackend):
                         sensor={"output_size": tuple(pmode["size"]), "bit_depth": int(pmode["bit_depth"])},
                         buffer_count=1, queue=False, controls=controls,
                     )
-                    request = cam.wait(cam.switch_mode_capture_request_and_stop(still, wait=False), timeout)
+                    self._invalidate_requests(cam)  # the stream's waiting capture asks again after the switch
+                    job = cam.switch_mode_capture_request_and_stop(still, wait=False)
+                    request = cam.wait(job, timeout)
                 except TimeoutError:
-                    self._drop_stuck_jobs(cam)
-                    raise CameraError(f"no full-resolution frame within {timeout} s") from None
+                    _abandon(cam, job)  # else the stop below would queue behind it forever
+                    raise CameraError(f"no full-resolution frame within {timeout:.3g} s") from None
                 except (RuntimeError, ValueError) as exc:
                     raise CameraError(f"full-resolution still failed: {exc}") from exc
                 try:
@@ -547,9 +628,15 @@ class Picamera2Camera(CameraBackend):
             except (OSError, ValueError) as exc:
                 raise CameraError(f"cannot read the tuning file {self._tuning}: {exc}") from exc
         try:
-            return self._module.Picamera2.load_tuning_file(self._model + ".json")
+            return self._module.Picamera2.load_tuning_file(self.tuning_file_name)
         except (RuntimeError, OSError) as exc:
-            raise CameraError(f"cannot load the stock tuning file {self._model}.json: {exc}") from exc
+            raise CameraError(f"cannot load the stock tuning file {self.tuning_file_name}: {exc}") from exc
+
+    @property
+    def tuning_file_name(self) -> str:
+        """The stock tuning file libcamera loads for this camera: `<model>.json`, or `<model>_mono.json` for a
+        monochrome sensor (src/libcamera/pipeline/rpi/common/pipeline_base.cpp, CameraData::loadIPA)."""
+        return f"{self._model}{'_mono' if self.is_mono else ''}.json"
 
     def apply_lens_shading(self, table: LensShadingTable) -> None:
         """Rewrite rpi.alsc with `table` and reopen the camera so a fresh CameraManager reads it.

@@ -26,7 +26,12 @@ import numpy as np
 BAYER_ORDERS = ("BGGR", "GBRG", "GRBG", "RGGB")
 
 _UNCOMPRESSED = re.compile(r"^S(BGGR|GBRG|GRBG|RGGB)(8|10|12|14|16)(_CSI2P)?$")
-_COMPRESSED = re.compile(r"^(BGGR|GBRG|GRBG|RGGB)_PISP_COMP1$")
+_COMPRESSED = re.compile(r"^(BGGR|GBRG|GRBG|RGGB|MONO)_PISP_COMP1$")
+# Monochrome sensors (OV9281, IMX296 mono): libcamera's R8, R10, R12, R16 and CSI-2 packed R10_CSI2P /
+# R12_CSI2P (src/libcamera/formats.yaml; pipeline/rpi/common/pipeline_base.cpp maps the sensor's
+# MEDIA_BUS_FMT_Y10_1X10 to them). The same packings as the Bayer formats, without a colour cell.
+_MONO = re.compile(r"^R(8|10|12|16)(_CSI2P)?$")
+MONO = "MONO"
 
 
 class RawFormatError(ValueError):
@@ -64,8 +69,8 @@ class RawFormat:
 
 
 def parse_raw_format(name: str) -> RawFormat:
-    """Parse `SBGGR10_CSI2P`, `SRGGB12`, `SBGGR16`, `BGGR_PISP_COMP1` (also a picamera2 SensorFormat,
-    whose str() is its name) into Bayer order, stored bits and packing."""
+    """Parse `SBGGR10_CSI2P`, `SRGGB12`, `SBGGR16`, `BGGR_PISP_COMP1`, mono `R10`, `R10_CSI2P` (also a
+    picamera2 SensorFormat, whose str() is its name) into Bayer order (MONO for mono), stored bits and packing."""
     text = str(name).strip()
     m = _UNCOMPRESSED.match(text)
     if m:
@@ -73,12 +78,18 @@ def parse_raw_format(name: str) -> RawFormat:
         if packed and bits not in (10, 12):
             raise RawFormatError(f"raw format {text!r}: CSI2P packing exists only for 10 and 12 bits")
         return RawFormat(text, order, bits, "CSI2P" if packed else "unpacked")
+    m = _MONO.match(text)
+    if m:
+        bits, packed = int(m.group(1)), bool(m.group(2))
+        if packed and bits not in (10, 12):
+            raise RawFormatError(f"raw format {text!r}: CSI2P packing exists only for 10 and 12 bits")
+        return RawFormat(text, MONO, bits, "CSI2P" if packed else "unpacked")
     m = _COMPRESSED.match(text)
     if m:
         return RawFormat(text, m.group(1), 8, "PISP_COMP1")
     raise RawFormatError(
         f"unsupported raw format {text!r}: expected a Bayer format such as SBGGR10, SRGGB12_CSI2P, SBGGR16 "
-        "or BGGR_PISP_COMP1 (mono and YUV formats carry no Bayer mosaic)"
+        "or BGGR_PISP_COMP1, or a monochrome one (R8, R10, R10_CSI2P, R12, R16; YUV formats carry no raw)"
     )
 
 

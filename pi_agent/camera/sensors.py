@@ -16,6 +16,7 @@ from dataclasses import dataclass
 logger = logging.getLogger(__name__)
 
 _EPS = 1e-9
+MONO = "MONO"  # the "Bayer order" of a monochrome sensor (libcamera: ColorFilterArrangement MONO, raw R8/R10/R12)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,10 @@ class SensorInfo:
     exposure_delay / gain_delay / vblank_delay: frames between requesting a value and the first frame
       exposed with it.
     full_well_e / read_noise_e: electrons at gain 1 (the simulator's physics).
-    gain_code: ("inverse", K, code_max) for gain = K/(K−c), or ("linear", 16, code_max) for gain = c/16.
+    gain_code: ("inverse", K, code_max) for gain = K/(K−c), ("linear", 16, code_max) for gain = c/16, or
+      ("log", 200, code_max) for gain = 10^(c/200) (0.1 dB steps, IMX296).
+    bayer_order: the 2x2 colour cell ("BGGR", ...), or MONO for a monochrome sensor (no colour filter:
+      raw formats R8/R10/R12, one histogram, no white balance, libcamera loads `<model>_mono.json`).
     """
 
     model: str
@@ -75,15 +79,24 @@ class SensorInfo:
     def white_level(self) -> int:
         return 2**self.bit_depth - 1
 
+    @property
+    def is_mono(self) -> bool:
+        return self.bayer_order == MONO
+
     # -- analogue gain --------------------------------------------------------------------------------
     def _gain_of_code(self, code: int) -> float:
         kind, k, _ = self.gain_code
+        if kind == "log":
+            return 10.0 ** (code / k)
         return k / (k - code) if kind == "inverse" else code / k
 
     def _code_of_gain(self, gain: float) -> int:
         """libcamera's gainCode: truncation, so the achieved gain never exceeds the request."""
         kind, k, code_max = self.gain_code
-        code = math.floor(k - k / gain + _EPS) if kind == "inverse" else math.floor(gain * k + _EPS)
+        if kind == "log":
+            code = math.floor(k * math.log10(gain) + _EPS)
+        else:
+            code = math.floor(k - k / gain + _EPS) if kind == "inverse" else math.floor(gain * k + _EPS)
         return max(0, min(code_max, code))
 
     def quantise_gain(self, gain: float) -> float:
@@ -145,6 +158,35 @@ class SensorInfo:
             return max(covering, key=lambda m: m.fps_max)
         return max(self.modes, key=lambda m: m.size[0] * m.size[1])
 
+    def describe_modes(self) -> str:
+        """The modes as a user reads them: "640x480 (cropped) 10-bit up to 206.65 fps, ...", smallest first."""
+        parts = []
+        for m in sorted(self.modes, key=lambda m: (m.size[0] * m.size[1], m.bit_depth)):
+            crop = "" if self.full_field(m) else " (cropped)"
+            parts.append(f"{m.size[0]}x{m.size[1]}{crop} {m.bit_depth}-bit up to {m.fps_max:g} fps")
+        return ", ".join(parts)
+
+    @property
+    def fps_min(self) -> float:
+        """The slowest frame rate: one frame of the longest exposure the sensor allows."""
+        return 1e6 / self.exposure_max_us
+
+    def mode_for(self, size: tuple[int, int], fps: float, raw_size: tuple[int, int] | None = None) -> SensorMode:
+        """The mode for a main stream of `size` at `fps` (`raw_size`: that mode exactly), or ValueError naming
+        the camera's own limits (its modes and rates, its longest frame) when it cannot be met."""
+        n = len(self.modes)
+        listed = f"the {self.model} lists {n} mode{'s' if n != 1 else ''}: {self.describe_modes()}"
+        if fps > 0 and fps < self.fps_min * (1 - 1e-6):
+            raise ValueError(f"{fps:g} fps is slower than the {self.model} can go: its longest frame is "
+                             f"{self.exposure_max_us / 1e6:.3g} s ({self.fps_min:.3g} fps)")
+        try:
+            mode = self.mode_of_size(raw_size) if raw_size is not None else self.choose_mode(size, fps)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; {listed}") from None
+        if fps > mode.fps_max + 1e-6:
+            raise ValueError(f"{size[0]}x{size[1]} at {fps:g} fps is more than the camera can do; {listed}")
+        return mode
+
     def mode_of_size(self, size: tuple[int, int]) -> SensorMode:
         for m in self.modes:
             if tuple(m.size) == tuple(size):
@@ -155,10 +197,11 @@ class SensorInfo:
         )
 
 
-def _mode(size, bits, fps, crop, binning, vblank_lines: int = 32) -> SensorMode:
+def _mode(size, bits, fps, crop, binning, vblank_lines: int = 32, line_time_us: float | None = None) -> SensorMode:
     """A mode whose line time follows from its maximum rate: frame = (h + minimum vertical blanking) lines.
-    For IMX219 full resolution this gives 18.9 µs/line, the published figure."""
-    line_time = 1e6 / (fps * (size[1] + vblank_lines))
+    For IMX219 full resolution this gives 18.9 µs/line, the published figure. `line_time_us` overrides it
+    where the sensor's helper states it."""
+    line_time = line_time_us or 1e6 / (fps * (size[1] + vblank_lines))
     return SensorMode(tuple(size), bits, fps, tuple(crop), binning, round(line_time, 4))
 
 
@@ -214,7 +257,55 @@ SENSORS: dict[str, SensorInfo] = {
         full_well_e=4300.0, read_noise_e=4.5, exposure_min_us=16.0, unit_cell_nm=1400,
         gain_code=("linear", 16, 1023), exposure_max_us=3_066_985.0,
     ),
+    # Global shutter sensors. Sources (raspberrypi/libcamera): src/ipa/rpi/cam_helper/cam_helper_imx296.cpp
+    # (gain 10^(code/200), code ≤ 239; line 550 / 37.125 MHz = 14.815 µs, exposure = lines × line + 14.26 µs,
+    # frame − integration ≥ 4 lines), cam_helper_ov9281.cpp (gain = code/16; frame − integration ≥ 25 lines),
+    # src/libcamera/sensor/camera_sensor_properties.cpp (unit cells 3450 / 3000 nm; exposure, gain and vblank
+    # delays 2/2/2 for both), the tuning files src/ipa/rpi/{vc4,pisp}/data/imx296.json, imx296_mono.json,
+    # ov9281_mono.json (rpi.black_level 3840 and 4096 on the 16-bit scale: 60 and 64 at 10 bits; the mono files
+    # have no rpi.awb and no rpi.ccm). Modes: IMX296 1456x1088 10-bit at 60.38 fps (the Raspberry Pi Global
+    # Shutter Camera); OV9281 1280x800 10-bit — the Linux ov9282 driver's full mode; its maximum rate, the
+    # 640x400 binned mode and the gain code ceiling (0xf8 → 15.5) are estimates, as are full wells and read
+    # noise of both (no published figures).
+    "imx296": SensorInfo(
+        model="imx296", bayer_order="RGGB", bit_depth=10, black_level=60, target_white_level=700,
+        full_array=(1456, 1088),
+        modes=(_mode((1456, 1088), 10, 60.38, (0, 0, 1456, 1088), 1, line_time_us=550 / 37.125),),
+        exposure_delay=2, gain_delay=2, vblank_delay=2, gain_min=1.0, gain_max=10 ** (239 / 200),
+        full_well_e=10000.0, read_noise_e=2.2, exposure_min_us=29.0, unit_cell_nm=3450,
+        gain_code=("log", 200, 239), exposure_max_us=15_534_385.0,
+    ),
+    "imx296_mono": SensorInfo(
+        model="imx296", bayer_order=MONO, bit_depth=10, black_level=60, target_white_level=700,
+        full_array=(1456, 1088),
+        modes=(_mode((1456, 1088), 10, 60.38, (0, 0, 1456, 1088), 1, line_time_us=550 / 37.125),),
+        exposure_delay=2, gain_delay=2, vblank_delay=2, gain_min=1.0, gain_max=10 ** (239 / 200),
+        full_well_e=10000.0, read_noise_e=2.2, exposure_min_us=29.0, unit_cell_nm=3450,
+        gain_code=("log", 200, 239), exposure_max_us=15_534_385.0,
+    ),
+    "ov9281": SensorInfo(
+        model="ov9281", bayer_order=MONO, bit_depth=10, black_level=64, target_white_level=700,
+        full_array=(1280, 800),
+        modes=(
+            _mode((640, 400), 10, 210.0, (0, 0, 1280, 800), 2, vblank_lines=25),
+            _mode((1280, 800), 10, 144.0, (0, 0, 1280, 800), 1, vblank_lines=25),
+        ),
+        exposure_delay=2, gain_delay=2, vblank_delay=2, gain_min=1.0, gain_max=248 / 16,
+        full_well_e=9000.0, read_noise_e=3.5, exposure_min_us=20.0, unit_cell_nm=3000,
+        gain_code=("linear", 16, 248), exposure_max_us=2_000_000.0,
+    ),
 }
+
+
+def sensor_for(model: str, mono: bool = False) -> SensorInfo | None:
+    """The table's facts for a camera reporting `model` (libcamera's Model property), its mono variant when
+    the camera is monochrome (ColorFilterArrangement MONO / raw R*), or None when the table has none."""
+    key = model.lower()
+    if mono:
+        info = SENSORS.get(key + "_mono") or SENSORS.get(key)
+        return info if info is not None and info.is_mono else None
+    info = SENSORS.get(key)
+    return info if info is not None and not info.is_mono else None
 
 
 def get_sensor(name: str) -> SensorInfo:

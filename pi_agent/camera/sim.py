@@ -35,6 +35,7 @@ from .sensors import SensorInfo, SensorMode, get_sensor
 logger = logging.getLogger(__name__)
 
 CONTROLS = ("ExposureTime", "AnalogueGain", "ColourGains", "AeEnable", "AwbEnable", "FrameRate", "FrameDurationLimits")
+COLOUR_ONLY = ("ColourGains", "AwbEnable", "ColourTemperature")  # absent on a monochrome sensor
 AGC_TARGET = 0.16  # mean luminance (white = 1) the auto exposure aims for, like libcamera's default
 AGC_MAX_EXPOSURE_US = 66_666.0  # libcamera's "normal" exposure mode ceiling; manual exposures may be longer
 _REF_LUX = 500.0  # at this lux a reflectance-1 surface fills the full well in _REF_TIME_US at the centre
@@ -84,11 +85,12 @@ class SimulatedCamera(CameraBackend):
         self._table: LensShadingTable | None = None
         self._mode: SensorMode | None = None
         # controls
-        self._requested: dict[str, Any] = {"AeEnable": True, "AwbEnable": True}
+        mono = self._sensor.is_mono  # no colour filter: no AWB, no ColourGains (libcamera's *_mono.json has no rpi.awb)
+        self._requested: dict[str, Any] = {"AeEnable": True} if mono else {"AeEnable": True, "AwbEnable": True}
         self._pending: list[tuple[int, str, Any]] = []
         self._ae_exposure = True
         self._ae_gain = True
-        self._awb = True
+        self._awb = not mono
         self._ae_state = 1
 
     # ================================================================ configuration
@@ -116,16 +118,15 @@ class SimulatedCamera(CameraBackend):
         s = self._sensor
         if raw_size is None:
             check_stream_request(s.model, s.modes, (w, h), fps)
-        mode = s.mode_of_size(raw_size) if raw_size is not None else s.choose_mode((w, h), fps)
-        if fps > mode.fps_max + 1e-6:
-            raise ValueError(f"{s.model} mode {mode.size[0]}x{mode.size[1]} runs at most {mode.fps_max} fps, asked {fps}")
+        mode = s.mode_for((w, h), fps, raw_size)
         self._mode, self._main_size, self._fps = mode, (w, h), float(fps)
         if fps > 0:
             self._limits = (1e6 / fps, 1e6 / fps)
         else:
             self._limits = (mode.min_frame_duration_us, s.exposure_max_us)
         self._build_mode_maps()
-        self._isp = Isp(mode.size, s.bayer_order, mode.bit_depth, self._black, (w, h))
+        self._isp = Isp(mode.size, s.bayer_order, mode.bit_depth, self._black, (w, h), mode_crop=mode.crop,
+                        full_array=s.full_array)
         self._isp.set_lens_shading(self._table)
         # controls in force: start from the defaults (libcamera's initial AGC values)
         self._exp_lines = s.exposure_lines(min(20000.0, self._limits[1]), mode)
@@ -144,7 +145,7 @@ class SimulatedCamera(CameraBackend):
         m = self._mode
         return {
             "main": {"size": self._main_size, "format": "BGR888"},
-            "raw": {"size": m.size, "format": f"S{self._sensor.bayer_order}{m.bit_depth}", "bit_depth": m.bit_depth},
+            "raw": {"size": m.size, "format": (f"R{m.bit_depth}" if self._sensor.is_mono else f"S{self._sensor.bayer_order}{m.bit_depth}"), "bit_depth": m.bit_depth},
             "sensor": {"output_size": m.size, "bit_depth": m.bit_depth},
             "fps": self._fps,
             "mode": {"size": m.size, "crop": m.crop, "binning": m.binning, "fps_max": m.fps_max},
@@ -297,7 +298,7 @@ class SimulatedCamera(CameraBackend):
         self._ensure_configured()
         s, m = self._sensor, self._mode
         emin = s.quantise_exposure(0, m)
-        return {
+        ranges = {
             "ExposureTime": (emin, int(self._limits[1]), 20000),
             "AnalogueGain": (s.gain_min, s.gain_max, 1.0),
             "ColourGains": (0.0, 32.0, None),
@@ -306,6 +307,15 @@ class SimulatedCamera(CameraBackend):
             "FrameRate": (1e6 / s.exposure_max_us, m.fps_max, self._fps),
             "FrameDurationLimits": (int(m.min_frame_duration_us), int(s.exposure_max_us), tuple(int(x) for x in self._limits)),
         }
+        return self._without_colour(ranges)
+
+    def _without_colour(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A monochrome sensor has no AWB: its controls and metadata carry no colour (as libcamera with a
+        `*_mono.json` tuning, which has no rpi.awb and no rpi.ccm)."""
+        if self._sensor.is_mono:
+            for name in COLOUR_ONLY:
+                values.pop(name, None)
+        return values
 
     def controls(self) -> dict[str, Any]:
         with self._ctl_lock:
@@ -317,6 +327,8 @@ class SimulatedCamera(CameraBackend):
         for name, value in controls.items():
             if name not in CONTROLS:
                 raise ValueError(f"unknown control {name!r}; accepted controls: {', '.join(CONTROLS)}")
+            if name in COLOUR_ONLY and s.is_mono:
+                raise ValueError(f"{s.model} is a monochrome sensor: it has no {name} (no colour, no white balance)")
             try:
                 if name == "ExposureTime":
                     v = float(value)
@@ -492,6 +504,7 @@ class SimulatedCamera(CameraBackend):
             "AeState": self._ae_state if (self._ae_exposure or self._ae_gain) else 0,
             "AwbEnable": bool(self._awb),
         }
+        self._without_colour(metadata)
         self._run_ipa(stats, lines, duration)
         self._seq += 1
         self._sim_time += duration * 1e-6
@@ -598,7 +611,7 @@ class SimulatedCamera(CameraBackend):
         t_us = still_lines * m.line_time_us
         started = time.monotonic()
         raw, black = self._render_still(m, t_us, gain, sim_time, np.random.default_rng([self.seed, 0x57111, index]))
-        isp = Isp(m.size, s.bayer_order, m.bit_depth, black, m.size)
+        isp = Isp(m.size, s.bayer_order, m.bit_depth, black, m.size, mode_crop=m.crop, full_array=s.full_array)
         isp.set_lens_shading(table)
         main = isp.process(raw, colour_gains)
         if time.monotonic() - started > timeout:
@@ -622,6 +635,7 @@ class SimulatedCamera(CameraBackend):
             "AeState": ae_state if ae else 0,
             "AwbEnable": awb,
         }
+        self._without_colour(metadata)
         return CapturedFrame(main=main, raw=raw, metadata=metadata, sequence=seq, bayer_order=s.bayer_order,
                              bit_depth=m.bit_depth, black_level=black,
                              extra={"sim_time": sim_time, "still": True, "still_index": index})
@@ -704,6 +718,9 @@ class SimulatedCamera(CameraBackend):
                 c = self._sites[dy, dx]
                 sums[c] += float(raw[dy::16, dx::16].mean())
                 counts[c] += 1
+        if counts[0] == 0:  # monochrome: every site is the one panchromatic channel
+            sums[:] = sums[1]
+            counts[:] = counts[1]
         return (sums / counts - black) / (white - black)
 
     def _run_ipa(self, stats: np.ndarray, lines: int, duration: float) -> None:

@@ -233,7 +233,10 @@ def hardware_gain_map(gains: np.ndarray, size: tuple[int, int], platform: str) -
 
 
 def channel_sites(order: str) -> np.ndarray:
-    """2x2 channel index (0 R, 1 G, 2 B) of a Bayer order such as "BGGR"."""
+    """2x2 channel index (0 R, 1 G, 2 B) of a Bayer order such as "BGGR"; MONO (no colour filter) is all one
+    channel, which colour gains and Cr/Cb tables leave alone."""
+    if order == "MONO":
+        return np.ones((2, 2), dtype=np.int64)
     return np.array([["RGB".index(order[0]), "RGB".index(order[1])],
                      ["RGB".index(order[2]), "RGB".index(order[3])]])
 
@@ -271,6 +274,7 @@ class IspPipeline:
             self.gamma = np.clip(255 * np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055) + 0.5,
                                  0, 255).astype(np.uint8)
         self.lsc = None  # (h, w) per-pixel gain of each pixel's own channel
+        self.lsc_key = None
 
     def set_lens_shading(self, per_pixel: np.ndarray | None) -> None:
         self.lsc = None if per_pixel is None else mosaic_gain(per_pixel, self.order)
@@ -294,7 +298,11 @@ class IspPipeline:
         """(h, w, 3) uint8 B, G, R images, one per output (crop, then scale to the output size)."""
         x = self.corrected(raw, colour_gains, digital_gain)
         half = all(2 * w <= cw and 2 * h <= ch for (_, _, cw, ch), (w, h) in zip(self.crops, self.sizes))
-        if half:  # every output is at most half the crop: a 2x2-cell demosaic, then the same downscale
+        if half and self.order == "MONO":  # no colour cell: each 2x2 cell's mean, grey in every channel
+            grey = (x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]) * np.float32(0.25)
+            bgr = np.clip(np.repeat(grey[:, :, None], 3, axis=2) * np.float32(65535.0), 0, 65535)
+            scale = 2
+        elif half:  # every output is at most half the crop: a 2x2-cell demosaic, then the same downscale
             sites = channel_sites(self.order)
             cells = {c: [] for c in range(3)}
             for dy in (0, 1):
@@ -308,7 +316,8 @@ class IspPipeline:
             scale = 2
         else:
             mosaic = np.clip(x * 65535.0, 0, 65535).astype(np.uint16)
-            bgr = cv2.cvtColor(mosaic, _CV_BAYER[self.order])
+            # a mono sensor's ISP output is grey in every channel (no demosaic; the mono tunings have no rpi.ccm)
+            bgr = cv2.cvtColor(mosaic, cv2.COLOR_GRAY2BGR if self.order == "MONO" else _CV_BAYER[self.order])
             scale = 1
         ccm = self.ccm_for(ct)[::-1, ::-1].copy()  # acting on B, G, R vectors
         images = []

@@ -399,7 +399,7 @@ class CameraManager:
         self._pipes: list = []
         self._camera_objects: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         for index, module in enumerate(machine.cameras):
-            path = source or machine.stock_tuning_path(module.sensor)
+            path = source or machine.stock_tuning_path(module.tuning_model)
             try:
                 with open(path) as f:
                     tuning = json.load(f)
@@ -408,7 +408,7 @@ class CameraManager:
                 check_tuning(tuning, machine.target)
             except Exception as exc:  # the IPA fails to init: the camera is not registered
                 error = f"{type(exc).__name__}: {exc}"
-                log.error("simulated libcamera: camera %d (%s): tuning %s rejected: %s", index, module.sensor,
+                log.error("simulated libcamera: camera %d (%s): tuning %s rejected: %s", index, module.info.model,
                           path, error)
                 record["errors"][index] = error
                 continue

@@ -23,9 +23,12 @@ DEFAULT_ROTATION = {"imx477": 180}
 
 @dataclasses.dataclass
 class CameraModule:
-    """One camera module on a CSI port, and the scene in front of it (the simulator's physics)."""
+    """One camera module on a CSI port, and the scene in front of it (the simulator's physics).
 
-    sensor: str = "imx219"
+    sensor: a name in pi_agent.camera.sensors.SENSORS ("imx219", ..., "ov9281", "imx296_mono"), or a SensorInfo
+    (e.g. a camera listing one mode only, like IMX708 with HDR on: rpicam-apps #570)."""
+
+    sensor: Any = "imx219"
     rotation: int | None = None
     scene: str = "chart"
     colour_temperature: float = 5000.0
@@ -35,8 +38,22 @@ class CameraModule:
     seed: int = 0
 
     @property
+    def info(self):
+        """The SensorInfo of this module (pi_agent/camera/sensors.py facts)."""
+        from pi_agent.camera.sensors import SENSORS
+
+        return SENSORS[self.sensor] if isinstance(self.sensor, str) else self.sensor
+
+    @property
+    def tuning_model(self) -> str:
+        """The stock tuning file's name: the sensor model, + "_mono" for a monochrome sensor
+        (src/libcamera/pipeline/rpi/common/pipeline_base.cpp CameraData::loadIPA)."""
+        info = self.info
+        return info.model + ("_mono" if info.is_mono else "")
+
+    @property
     def rot(self) -> int:
-        return DEFAULT_ROTATION.get(self.sensor, 0) if self.rotation is None else int(self.rotation)
+        return DEFAULT_ROTATION.get(self.info.model, 0) if self.rotation is None else int(self.rotation)
 
 
 class Machine:
@@ -46,7 +63,7 @@ class Machine:
         if platform not in TARGETS:
             raise ValueError(f"platform must be 'vc4' (Pi 4) or 'pisp' (Pi 5), got {platform!r}")
         # a CameraModule may come from this file imported under another name (tests.fakes.libcamera._machine)
-        self.cameras = [CameraModule(sensor=c) if isinstance(c, str) else CameraModule(**dataclasses.asdict(c))
+        self.cameras = [CameraModule(sensor=c) if isinstance(c, str) else CameraModule(**{f.name: getattr(c, f.name) for f in dataclasses.fields(c)})
                         for c in cameras]
         self.platform = platform
         self.target = TARGETS[platform]

@@ -39,7 +39,7 @@ import weakref
 import numpy as np
 
 from pi_agent.camera.scene import neutral_colour_gains
-from pi_agent.camera.sensors import SENSORS, SensorMode
+from pi_agent.camera.sensors import SensorMode
 from pi_agent.camera.sim import SimulatedCamera
 
 from . import _isp
@@ -47,6 +47,7 @@ from ._controls import ControlInfo, controls, properties
 from ._geometry import ORIENTATION_FLIPS, Orientation, PixelFormat, Rectangle, Size
 
 log = logging.getLogger(__name__)
+_GAIN_MAPS: dict = {}  # per-pixel hardware gain maps by (platform, mode size, order, tables): costly to rebuild
 
 RAW_DEFAULT_BIT_DEPTH = 12  # pipeline_base.cpp defaultRawBitDepth
 OUTPUT_FORMATS = {"YUV420": 1, "YVU420": 1, "NV12": 1, "NV21": 1, "RGB888": 3, "BGR888": 3, "XRGB8888": 4,
@@ -59,10 +60,14 @@ MISTRUST_FRAMES_STARTUP = 1  # cam_helper.cpp mistrustFramesStartup
 
 
 def hflip_order(order: str) -> str:
+    if order == "MONO":  # no colour cell: flips change nothing
+        return order
     return order[1] + order[0] + order[3] + order[2]
 
 
 def vflip_order(order: str) -> str:
+    if order == "MONO":
+        return order
     return order[2] + order[3] + order[0] + order[1]
 
 
@@ -79,12 +84,14 @@ def align(n: int, to: int) -> int:
 
 
 def parse_raw(name: str) -> tuple[str, int, str]:
-    """(order, bit depth, packing "" | "CSI2P" | "PISP_COMP1") of a raw pixel format name."""
+    """(order, bit depth, packing "" | "CSI2P" | "PISP_COMP1") of a raw pixel format name (order MONO for R*)."""
     if name.endswith("_PISP_COMP1"):
         return name[:4], 16, "PISP_COMP1"
     packing = ""
     if name.endswith("_CSI2P"):
         name, packing = name[:-6], "CSI2P"
+    if name.startswith("R") and name[1:].isdigit():  # mono: R8, R10, R12, R16 (src/libcamera/formats.yaml)
+        return "MONO", int(name[1:]), packing
     if not (name.startswith("S") and name[1:5].isalpha()):
         raise ValueError(name)
     return name[1:5], int(name[5:]), packing
@@ -121,7 +128,8 @@ class RPiCameraData:
         self.module = module
         self.machine = machine
         self.platform = machine.platform
-        self.sensor = SENSORS[module.sensor]
+        self.sensor = module.info
+        self.mono = self.sensor.is_mono  # pipeline_base.cpp isMonoSensor: the sensor's Bayer order is MONO
         self.rotation = module.rot
         rot = self.rotation == 180
         self.native_order = flipped_order(self.sensor.bayer_order, rot, rot)  # the readout without any flip
@@ -146,21 +154,32 @@ class RPiCameraData:
         self.last_raw: np.ndarray | None = None  # ground truth: the mosaic of the last completed frame
         self.raws: collections.OrderedDict = collections.OrderedDict()  # SensorTimestamp → mosaic, last 16 frames
         self.connected = True  # False: the sensor stops sending frames (a dislodged cable)
-        self.lens_shading_in_force: np.ndarray | None = None  # (3, h, w) per-pixel gains of the ISP
+        self._lsc_key = None  # (mode size, gains) of the table the ISP should have; built when a frame needs it
         self.frames_dropped = 0
-        self._gain_maps: dict = {}
+        self.configurations: list[dict] = []  # ground truth: every configuration applied, in order
         self._init_ipa_state()
         self.control_info = self._unconfigured_controls()
 
-    def physics(self, mode: SensorMode) -> SimulatedCamera:
-        """The simulator's sensor physics for `mode` (scene, illuminant, true lens shading, noise)."""
+    def physics_for(self, mode: SensorMode | None) -> SimulatedCamera:
+        """The simulator's sensor physics for `mode` (scene, illuminant, true lens shading, noise); one instance
+        per mode, as each caches its mode's maps."""
         sim = self._physics.get(mode)
         if sim is None:
             m = self.module
             sim = self._physics[mode] = SimulatedCamera(
-                sensor=m.sensor, scene=m.scene, colour_temperature=m.colour_temperature, seed=m.seed, pacing=False,
+                sensor=self.sensor, scene=m.scene, colour_temperature=m.colour_temperature, seed=m.seed, pacing=False,
                 corner_shading=m.corner_shading, lux=m.lux, optical_centre=m.optical_centre)
         return sim
+
+    @property
+    def physics(self) -> SimulatedCamera:
+        """The sensor physics (any mode: `physics.true_shading(mode)`), for ground truth in tests."""
+        return self.physics_for(None)
+
+    def true_shading(self, mode: SensorMode | None = None) -> dict:
+        """Ground truth: {"R", "G", "B": (h, w)} true lens shading of `mode` (default: the configured mode) in
+        the simulator's upright orientation."""
+        return self.physics.true_shading(mode or self.mode)
 
     # ================================================================ identity
     @property
@@ -171,7 +190,7 @@ class RPiCameraData:
 
     def properties(self) -> dict:
         fw, fh = self.sensor.full_array
-        cfa = {"RGGB": 0, "GRBG": 1, "GBRG": 2, "BGGR": 3}[self.native_order]
+        cfa = {"RGGB": 0, "GRBG": 1, "GBRG": 2, "BGGR": 3, "MONO": 5}[self.native_order]
         crop_max = Rectangle(*self.mode.crop) if self.mode else Rectangle()
         return {
             properties.Model: self.sensor.model,
@@ -190,7 +209,7 @@ class RPiCameraData:
     def _unconfigured_controls(self) -> dict:
         """ipa_base.cpp ipaControls + ipaColourControls before configure()."""
         c = controls
-        return {
+        info = {
             c.AeEnable: ControlInfo(False, True, True),
             c.ExposureTimeMode: ControlInfo(0, 1, 0, values=[0, 1]),
             c.ExposureTime: ControlInfo(1, 66666, 20000),
@@ -212,6 +231,10 @@ class RPiCameraData:
             c.ColourTemperature: ControlInfo(100, 100000, None),
             c.Saturation: ControlInfo(0.0, 32.0, 1.0),
         }
+        if self.mono:  # ipa_base.cpp: ipaColourControls are declared only for a sensor that is not mono
+            for cid in (c.AwbEnable, c.AwbMode, c.ColourGains, c.ColourTemperature, c.Saturation):
+                info.pop(cid)
+        return info
 
     def _configured_controls(self) -> dict:
         m, s = self.mode, self.sensor
@@ -235,7 +258,8 @@ class RPiCameraData:
         """{CSI2-packed format name: modes} as the pipeline lists the sensor's media-bus codes."""
         out: dict[str, list[SensorMode]] = {}
         for m in sorted(self.sensor.modes, key=lambda m: (m.bit_depth, m.size)):
-            out.setdefault(f"S{self.native_order}{m.bit_depth}_CSI2P", []).append(m)
+            name = f"R{m.bit_depth}_CSI2P" if self.mono else f"S{self.native_order}{m.bit_depth}_CSI2P"
+            out.setdefault(name, []).append(m)
         return out
 
     def find_best_mode(self, req: Size, bit_depth: int) -> SensorMode:
@@ -306,9 +330,9 @@ class RPiCameraData:
                 packing = packing if packing in ("", "CSI2P") else "CSI2P"
                 if bits in (8, 16):
                     packing = ""
-                name = f"S{order}{bits}" + ("_CSI2P" if packing else "")
+                name = (f"R{bits}" if self.mono else f"S{order}{bits}") + ("_CSI2P" if packing else "")
             else:
-                name = f"{order}_PISP_COMP1" if packing else f"S{order}16"
+                name = f"{order}_PISP_COMP1" if packing else ("R16" if self.mono else f"S{order}16")
             if str(raw.pixel_format) != name or raw.size != Size(*mode.size):
                 raw.pixel_format, raw.size = PixelFormat(name), Size(*mode.size)
                 status = Status.Adjusted
@@ -354,6 +378,10 @@ class RPiCameraData:
         mode, flips, order, raws, outs = config._validated
         self.mode, self.flips, self.order = mode, flips, order
         self.config = config
+        self.configurations.append({"sensor": {"bit_depth": mode.bit_depth, "output_size": tuple(mode.size)},
+                                    **{("raw" if c in raws else f"out{outs.index(c)}"): {
+                                        "format": str(c.pixel_format), "size": (c.size.width, c.size.height),
+                                        "stride": c.stride, "frame_size": c.frame_size} for c in config._configs}})
         for cfg in config._configs:
             cfg._stream = Stream(cfg)
         self.raw_cfg = raws[0] if raws else None
@@ -392,7 +420,7 @@ class RPiCameraData:
     def _init_ipa_state(self) -> None:
         self.exposure_auto = True
         self.gain_auto = True
-        self.awb_auto = True
+        self.awb_auto = not self.sensor.is_mono  # a mono tuning has no rpi.awb
         self.manual_exposure_us: float | None = None
         self.manual_gain: float | None = None
         self.manual_colour_gains: tuple[float, float] | None = None
@@ -415,18 +443,30 @@ class RPiCameraData:
         self._update_lens_shading()
 
     def _update_lens_shading(self) -> None:
+        """The IPA's tables for the mode (cheap); the per-pixel hardware map is built when a frame needs it."""
         if self.alsc is None:
-            self.lens_shading_in_force = None
+            self._lsc_key = None
             self.isp.set_lens_shading(None)
             return
         gains = self.alsc.gains_for_mode(self.colour_temperature(), self.camera_mode)
-        key = (self.mode.size, gains.tobytes())
-        per_pixel = self._gain_maps.get(key)
+        self._lsc_key = (self.platform, tuple(self.mode.size), self.order, gains.tobytes(), gains.shape)
+        self._lsc_gains = gains
+
+    @property
+    def lens_shading_in_force(self) -> np.ndarray | None:
+        """(3, h, w) per-pixel R, G, B gains the ISP applies now (None: no rpi.alsc in the tuning)."""
+        if self._lsc_key is None:
+            return None
+        per_pixel = _GAIN_MAPS.get(self._lsc_key)
         if per_pixel is None:
-            per_pixel = _isp.hardware_gain_map(gains, self.mode.size, self.platform)
-            self._gain_maps = {key: per_pixel, **dict(list(self._gain_maps.items())[:3])}
-        self.lens_shading_in_force = per_pixel
-        self.isp.set_lens_shading(per_pixel)
+            per_pixel = _isp.hardware_gain_map(self._lsc_gains, self.mode.size, self.platform)
+            while len(_GAIN_MAPS) >= 6:
+                _GAIN_MAPS.pop(next(iter(_GAIN_MAPS)))
+            _GAIN_MAPS[self._lsc_key] = per_pixel
+        if self.isp.lsc_key != self._lsc_key:
+            self.isp.set_lens_shading(per_pixel)
+            self.isp.lsc_key = self._lsc_key
+        return per_pixel
 
     def colour_temperature(self) -> float:
         gains = self.manual_colour_gains if not self.awb_auto and self.manual_colour_gains else self.awb_gains
@@ -590,7 +630,7 @@ class RPiCameraData:
             self.queue.append(request)
 
     def _frame_loop(self) -> None:
-        next_tick = time.monotonic()
+        next_tick = time.monotonic() + self.in_force["frame_duration"] * 1e-6  # the first frame is exposed first
         while not self.stop_event.is_set():
             delay = next_tick - time.monotonic()
             if delay > 0 and self.stop_event.wait(delay):
@@ -637,10 +677,12 @@ class RPiCameraData:
             sim_time = self.sim_time
             self.sim_time += duration * 1e-6
         timestamp = time.monotonic_ns()
+        if request is not None:
+            self.lens_shading_in_force  # noqa: B018 - puts the table of this mode into the ISP if not there yet
         if request is None:  # no buffer to fill: the frame is dropped (no statistics either)
             self.frames_dropped += 1
             return duration
-        raw, _black = self.physics(mode).expose(mode, exposure_us, gain, sim_time, self.rng)
+        raw, _black = self.physics_for(mode).expose(mode, exposure_us, gain, sim_time, self.rng)
         hflip, vflip = self._user_flips(self.config)
         if hflip:
             raw = raw[:, ::-1]
@@ -679,6 +721,8 @@ class RPiCameraData:
                 c = sites[dy, dx]
                 sums[c] += float(raw[dy::16, dx::16].mean())
                 counts[c] += 1
+        if self.mono:  # one channel: AGC's luminance is its mean (there is no AWB to feed)
+            sums[:], counts[:] = sums[1], counts[1]
         return (sums / counts - self.black) / (white - self.black)
 
     def _metadata(self, request, timestamp, exposure_us, gain, duration, colour_gains, ct, stats, ae_state, crop):
@@ -703,6 +747,9 @@ class RPiCameraData:
             c.FocusFoM: 1000,
             c.SensorTemperature: 40.0,
         }
+        if self.mono:  # ipa_base.cpp reportMetadata: no awb.status or ccm.status without rpi.awb / rpi.ccm
+            for cid in (c.ColourGains, c.ColourTemperature, c.ColourCorrectionMatrix):
+                md.pop(cid)
         # ipa_base.cpp applyControls echoes the modes and manual values the request carried
         for cid in (c.ExposureTimeMode, c.AnalogueGainMode, c.AwbEnable):
             if cid in request._controls:
