@@ -327,7 +327,6 @@ class CapturePipeline:
         """Statistics, JPEG and the frame message(s) of one frame that a viewer will take."""
         f = frame
         stats = pending.computed() or compute_stream_stats(f.raw, f.bayer_order, f.bit_depth, f.black_level)
-        self.stream_stats += 1
         self._last_stream_stats = stats
         jpeg = encode_main(f, self.quality, "420")  # greyscale for a monochrome sensor
         height, width = f.main.shape[:2]
@@ -343,5 +342,6 @@ class CapturePipeline:
                                         jpeg=jpeg, metadata=plain(metadata), stats=stats.to_wire()),
                                   seq=f.sequence, ts=now_ns)
         payload = encode(compact, seq=f.sequence, ts=now_ns)
+        self.stream_stats += 1  # counted together, so that `status` never sees one without the other
         self.frames_encoded += 1
         self._on_frame(EncodedFrame(f.sequence, capture_ns, payload, len(jpeg), payload_full, time.monotonic()))
