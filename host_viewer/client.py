@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -82,6 +83,7 @@ class ReceivedFrame:
     metadata: dict
     stats: dict
     offset_ns: int  # agent clock minus viewer clock, as estimated when it arrived
+    wire_bytes: int = 0  # size of the whole frame message (JPEG, metadata, statistics, envelope)
 
     def decode(self) -> np.ndarray:
         """The BGR image; raises BadFrame (a ValueError) when the JPEG is corrupt."""
@@ -116,6 +118,18 @@ class PendingCommand:
     future: Future
     on_progress: Callable[[Progress], None] | None = None
     progress: list = field(default_factory=list)
+    # Written by the I/O thread only (issue 17: nothing waits forever across a link outage):
+    deadline: float = 0.0  # local monotonic s: no word about it by then means its fate is settled (expired)
+    connection: int = 0  # the socket generation it was sent (or last heard of) on
+    instance: str | None = None  # the agent instance it was sent to
+    next_probe: float = 0.0  # when to ask the agent (status) whether a job cut off by an outage still runs
+    finished_at: float | None = None  # when a probe found the agent idle again (its reply may still come)
+    probe_state: dict = field(default_factory=dict)  # what that probe said (the agent's calibration state)
+
+
+REPLY_GRACE_S = 1.0  # a reply may arrive this long after the command's expiry (round trip, scheduling)
+PROBE_EVERY_S = 2.0  # how often to ask about a job cut off by a reconnection
+LOST_AFTER_IDLE_S = 2.0  # agent idle this long with no final reply: the reply was lost in the outage
 
 
 def _call_back(callback: Callable | None, message, what: str) -> None:
@@ -137,12 +151,15 @@ class AgentClient(TypedCommands):
     def __init__(self, address: str, *, credit: int = 2, context: zmq.Context | None = None,
                  silence_timeout: float = 1.5, ping_interval: float = 0.5, security=None,
                  client_name: str = CLIENT_NAME, on_event: Callable[[Event], None] | None = None,
-                 config_dir=None):
+                 config_dir=None, adaptive_credit: bool = True, full_stats: bool = False):
         self.address = address
         host, port = parse_address(address)
         self.endpoint = tcp_endpoint(host, port)
         self.credit = max(1, credit)
-        self._governor = CreditGovernor(self.credit)  # fewer frames in flight while the link is the bottleneck
+        # The window follows the link's bandwidth-delay product (host_viewer/credit.py); `credit` is where it
+        # starts, and all it ever is with adaptive_credit=False.
+        self._governor = CreditGovernor(initial=self.credit, adaptive=adaptive_credit)
+        self._full_stats = full_stats  # ask for full statistics and metadata in every frame (≈ 2.5 kB more)
         self._frame_period_ms: float | None = None
         self._outstanding = 0  # credits granted and not yet used by a frame
         self._ctx = context or zmq.Context.instance()
@@ -182,6 +199,14 @@ class AgentClient(TypedCommands):
         self._welcome_event = threading.Event()
         self._tcp_connected_at: float | None = None  # TCP up, ZeroMQ handshake not yet done (I/O thread only)
         self._pings_sent: deque[int] = deque(maxlen=16)  # t0 of recent pings, to match pongs
+        # One routing id for every socket this client makes: after a reconnection the agent's ROUTER hands
+        # the session over to the new connection (ROUTER_HANDOVER), so replies to commands sent before an
+        # outage still reach us. ZeroMQ reserves ids starting with a zero byte for its own.
+        self._routing_id = b"v" + secrets.token_bytes(15)
+        self._connection = 0  # socket generation (I/O thread only)
+        self._probes: dict[str, list[int]] = {}  # status probe id -> the commands it asks about (I/O thread)
+        self._probe_ids = itertools.count(1)
+        self._handshake_done = False  # set by the socket monitor: say hello at once
 
     # lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> "AgentClient":
@@ -271,7 +296,8 @@ class AgentClient(TypedCommands):
         expires = 0  # no expiry until the clock offset is known
         if self.clock.known:  # a deadline before the agent's clock began is already past, never "none" (0)
             expires = min(max(self.clock.to_agent(time.monotonic_ns() + int(ttl * 1e9)), 1), 2**64 - 1)
-        pending = PendingCommand(id=command_id, name=name, future=Future(), on_progress=on_progress)
+        pending = PendingCommand(id=command_id, name=name, future=Future(), on_progress=on_progress,
+                                 deadline=time.monotonic() + max(ttl, 0.0) + REPLY_GRACE_S)
         command = Command(id=command_id, name=name, args=args or {}, expires_ns=expires)
         problem = self._unsendable(command)
         if problem is not None:
@@ -316,9 +342,10 @@ class AgentClient(TypedCommands):
                 self._pending.pop(pending.id, None)
 
     # the I/O thread ----------------------------------------------------------------------------------
-    def _make_socket(self) -> zmq.Socket:
+    def _make_socket(self, connect: bool = True) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, self._routing_id)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue commands for an agent that is not there
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_TO_VIEWER)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -328,8 +355,18 @@ class AgentClient(TypedCommands):
         sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
         if self._security is not None:
             self._security.apply_client(sock)
-        sock.connect(self.endpoint)
+        if connect:
+            sock.connect(self.endpoint)
         return sock
+
+    def _open_connected(self) -> tuple[zmq.Socket, zmq.Socket]:
+        """The socket and its monitor, the monitor listening before the connection starts: a handshake
+        completed before the monitor's reader connects would be lost, and the first hello would wait for
+        its retry (issue 15: 255–297 ms to the first frame)."""
+        sock = self._make_socket(connect=False)
+        monitor = self._open_monitor(sock)
+        sock.connect(self.endpoint)
+        return sock, monitor
 
     def _open_monitor(self, sock: zmq.Socket) -> zmq.Socket:
         """Handshake outcomes from the socket monitor: the only way to learn that an agent refused us.
@@ -368,6 +405,7 @@ class AgentClient(TypedCommands):
                 continue
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._tcp_connected_at = None
+                self._handshake_done = True  # the first hello goes now, not after a retry interval
                 if self.state == "refused":
                     self._set_state("connecting")
                 continue
@@ -405,8 +443,7 @@ class AgentClient(TypedCommands):
             self._set_state("refused", detail, hint)
 
     def _run(self) -> None:
-        sock = self._make_socket()
-        monitor = self._open_monitor(sock)
+        sock, monitor = self._open_connected()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
@@ -414,14 +451,20 @@ class AgentClient(TypedCommands):
         last_heard = time.monotonic()
         next_ping = 0.0
         next_hello = 0.0
+        hello_sent = False
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if self.welcome is None or self.state != "connected":
+                    if self._handshake_done and not hello_sent:
+                        next_hello = now  # the connection is up: the hello that IMMEDIATE refused goes now
                     if now >= next_hello:
-                        self._send(sock, Hello(versions=[1], client=self._client_name, credit=self.credit,
-                                               capabilities=["credit", "ping"]))
-                        next_hello = now + 0.25
+                        hello_sent = self._send(sock, Hello(versions=[1], client=self._client_name,
+                                                            credit=self.credit, capabilities=self._capabilities()))
+                        # Sent but unanswered: again in 250 ms. Refused (no connection yet): again when the
+                        # socket monitor reports the handshake, or 5 ms after it did (the pipe attaches
+                        # an instant later).
+                        next_hello = now + (0.005 if self._handshake_done and not hello_sent else 0.25)
                     deadline = next_hello
                 else:
                     if now >= next_ping:
@@ -438,7 +481,9 @@ class AgentClient(TypedCommands):
                     if lost or not self._send(sock, command):
                         self._fail(command.id, "not_connected",
                                    f"not connected to {self.address}; {command.name} was not sent")
-                deadline = min(deadline, last_heard + self._silence_timeout)
+                    else:
+                        self._sent(command.id)
+                deadline = min(deadline, last_heard + self._silence_timeout, self._check_pending(sock))
                 events = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000 + 1))
                 if events.get(self._wake_reader):
                     try:
@@ -468,13 +513,14 @@ class AgentClient(TypedCommands):
                     poller.unregister(sock)
                     poller.unregister(monitor)
                     self._close_socket(sock, monitor)
-                    sock = self._make_socket()
-                    monitor = self._open_monitor(sock)
+                    sock, monitor = self._open_connected()
+                    self._connection += 1  # replies to what was sent before now come only by handover
                     poller.register(sock, zmq.POLLIN)
                     poller.register(monitor, zmq.POLLIN)
                     last_heard = time.monotonic()
                     next_hello = 0.0
                     self._tcp_connected_at = None
+                    hello_sent = self._handshake_done = False
         finally:
             try:
                 sock.send(self._sequencer.encode(Bye(reason="viewer closing")), zmq.NOBLOCK)
@@ -531,15 +577,17 @@ class AgentClient(TypedCommands):
             return
         message = envelope.message
         if isinstance(message, Frame):
-            self._frame(sock, message, received_ns)
+            self._frame(sock, message, received_ns, len(data))
         elif isinstance(message, Pong):
             # Only an answer to a ping we sent counts, with an agent clock reading a monotonic clock can
             # give: a stray or forged pong must not move the clock offset (frame ages, command expiry).
             if message.t0 in self._pings_sent and 0 <= message.t1 < 2**63:
                 self._pings_sent.remove(message.t0)
                 self.clock.add(clock_sample(message.t0, message.t1, received_ns))
+                self._governor.on_rtt((received_ns - message.t0) / 1e6)
         elif isinstance(message, Welcome):
             # The welcome's envelope time gives a first clock estimate (hello → welcome round trip).
+            self._agent_changed(message)
             self.welcome = message
             self._governor.reset()
             self._outstanding = self.credit  # the session starts with hello's credit
@@ -550,6 +598,9 @@ class AgentClient(TypedCommands):
             self._welcome_event.set()
             self._ping(sock)
         elif isinstance(message, Result):
+            if isinstance(message.id, str) and message.id in self._probes:
+                self._probed(message.id, message.value)
+                return
             self._resolve(message.id, message.value, None)
         elif isinstance(message, Error):
             if message.code == ErrorCode.NO_SESSION:
@@ -565,6 +616,8 @@ class AgentClient(TypedCommands):
                 pending = self._pending.get(message.id)
             if pending is not None:
                 pending.progress.append(message)
+                pending.connection = self._connection  # it runs, and its news reach this connection
+                pending.finished_at = None
                 _call_back(pending.on_progress, message, "progress")
         elif isinstance(message, Event):
             self.events.append(message)
@@ -573,22 +626,30 @@ class AgentClient(TypedCommands):
         elif isinstance(message, Bye):
             self.state = "reconnecting"
 
+    def _capabilities(self) -> list[str]:
+        return ["credit", "ping"] + (["full_stats"] if self._full_stats else [])
+
     def _grant(self, sock: zmq.Socket, n: int) -> None:
         """Send `n` credits at once (the agent may then send the newest frame); count them as outstanding."""
         if n > 0 and self._send(sock, Credit(n=n)):
             self._outstanding += n
 
-    def _frame(self, sock: zmq.Socket, message: Frame, received_ns: int) -> None:
+    def _frame(self, sock: zmq.Socket, message: Frame, received_ns: int, wire_bytes: int = 0) -> None:
         arrival_age_ms = ((received_ns + self.clock.offset_ns - message.capture_ns) / 1e6
                           if self.clock.known else None)
         self._outstanding -= 1
-        credits = self._governor.on_frame(arrival_age_ms, self._frame_period_ms)
+        last = self._last_sequence
+        skipped = message.frame - last - 1 if last is not None and message.frame > last else 0
+        credits = self._governor.on_frame(arrival_age_ms, self._frame_period_ms, received_ns / 1e6, skipped)
         # Never let the window close: with no credit outstanding the agent would send nothing, ever again.
         self._grant(sock, max(credits, 1 - self._outstanding))
+        metadata = message.metadata
+        if "SensorTimestamp" not in metadata:  # compact frames leave it out: it is capture_ns
+            metadata["SensorTimestamp"] = message.capture_ns
         frame = ReceivedFrame(
             sequence=message.frame, capture_ns=message.capture_ns, received_ns=received_ns,
-            width=message.width, height=message.height, jpeg=message.jpeg, metadata=message.metadata,
-            stats=message.stats, offset_ns=self.clock.offset_ns,
+            width=message.width, height=message.height, jpeg=message.jpeg, metadata=metadata,
+            stats=message.stats, offset_ns=self.clock.offset_ns, wire_bytes=wire_bytes,
         )
         with self._frame_cond:
             if self._last_sequence is not None and frame.sequence > self._last_sequence + 1:
@@ -608,8 +669,78 @@ class AgentClient(TypedCommands):
         else:
             pending.future.set_exception(command_error(error.code, error.message, error.detail))
 
-    def _fail(self, command_id: int, code: str, message: str) -> None:
+    def _fail(self, command_id: int, code: str, message: str, detail: dict | None = None) -> None:
         with self._lock:
             pending = self._pending.pop(command_id, None)
         if pending is not None and not pending.future.done():
-            pending.future.set_exception(command_error(code, message))
+            pending.future.set_exception(command_error(code, message, detail))
+
+    # commands across outages (I/O thread) ------------------------------------------------------------
+    def _sent(self, command_id: int) -> None:
+        with self._lock:
+            pending = self._pending.get(command_id)
+        if pending is not None:
+            pending.connection = self._connection
+            pending.instance = (self.welcome.agent or {}).get("instance") if self.welcome else None
+
+    def _agent_changed(self, welcome: Welcome) -> None:
+        """A welcome from another agent instance (it restarted): what ran on the old one never replies."""
+        instance = (welcome.agent or {}).get("instance") if isinstance(welcome.agent, dict) else None
+        with self._lock:
+            orphans = [p for p in self._pending.values() if p.instance is not None and p.instance != instance]
+        for pending in orphans:
+            self._fail(pending.id, "agent_restarted",
+                       f"the agent at {self.address} restarted while {pending.name} was pending; it did not "
+                       f"finish there (check the agent's state before sending it again)")
+
+    def _check_pending(self, sock: zmq.Socket) -> float:
+        """Settle commands whose fate is known by now; returns when to look again (monotonic s).
+
+        A command nobody has heard of by its expiry (plus REPLY_GRACE_S) did not run if it never reached the
+        agent (the agent refuses expired commands) or its reply was lost: either way it fails now, not never.
+        A job that sent progress but was cut off by a reconnection is asked after (a `status` probe): while
+        the agent is busy we wait; once it is idle and no final reply came, the reply was lost in the outage
+        and the command fails with the agent's calibration state as the error's detail."""
+        now = time.monotonic()
+        with self._lock:
+            pending = list(self._pending.values())
+        if not pending:
+            return now + 3600.0
+        connected = self.state == "connected"
+        probe: list[PendingCommand] = []
+        for p in pending:
+            if p.future.done():
+                continue
+            if not p.progress:
+                if now > p.deadline:
+                    self._fail(p.id, "timeout",
+                               f"no reply to {p.name} by its expiry: if it reached {self.address} its reply was "
+                               f"lost (link outage?), otherwise it did not run")
+                continue
+            if p.connection == self._connection or not connected:
+                continue
+            if p.finished_at is not None and now - p.finished_at > LOST_AFTER_IDLE_S:
+                self._fail(p.id, "reply_lost",
+                           f"{p.name} ended on the agent while the link to {self.address} was down and its reply "
+                           f"was lost; the agent's state is in this error's detail", detail=p.probe_state)
+            elif now >= p.next_probe:
+                p.next_probe = now + PROBE_EVERY_S
+                probe.append(p)
+        if probe:
+            probe_id = f"~probe-{next(self._probe_ids)}"
+            if self._send(sock, Command(id=probe_id, name="status", args={})):
+                self._probes[probe_id] = [p.id for p in probe]
+        return now + 0.25
+
+    def _probed(self, probe_id: str, value) -> None:
+        """A probe's status: a job no longer holding the agent (busy empty) has ended there."""
+        ids = self._probes.pop(probe_id, [])
+        busy = value.get("busy") if isinstance(value, dict) else None
+        state = value.get("calibration") if isinstance(value, dict) else None
+        now = time.monotonic()
+        with self._lock:
+            pending = [self._pending[i] for i in ids if i in self._pending]
+        for p in pending:
+            if not busy and p.finished_at is None:
+                p.finished_at = now
+                p.probe_state = {"agent_state": state} if isinstance(state, dict) else {}

@@ -19,7 +19,10 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def _label(image: np.ndarray, text: str, y: int = 18) -> None:
-    cv2.putText(image, text, (6, y), FONT, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+    """White text once, on a solid dark band as wide as the text: a black outline drawn under anti-aliased
+    white text (the former way) left a grey double of every glyph on light panels."""
+    (w, h), baseline = cv2.getTextSize(text, FONT, 0.5, 1)
+    cv2.rectangle(image, (2, y - h - 4), (min(image.shape[1] - 1, 10 + w), y + baseline), (24, 24, 24), -1)
     cv2.putText(image, text, (6, y), FONT, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
 
 

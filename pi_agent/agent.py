@@ -15,7 +15,7 @@ from protocol.limits import PROTOCOL_VERSION
 from .camera.base import CameraBackend
 from .commands import AgentContext, CameraLease, CommandRouter
 from .calibration.service import CalibrationService
-from .pipeline import CapturePipeline
+from .pipeline import CapturePipeline, Demand
 from .server import MAX_SESSIONS, AgentServer
 from .state import StateStore
 from .snapshot import SnapshotCommand
@@ -71,7 +71,9 @@ class Agent:
             "camera": camera.name,
         }
         self.lease = CameraLease()
-        self.pipeline = CapturePipeline(camera, on_frame=self._on_frame, on_event=self._on_event, quality=quality)
+        self.demand = Demand()  # the socket thread says how many frames viewers will take; capture encodes only those
+        self.pipeline = CapturePipeline(camera, on_frame=self._on_frame, on_event=self._on_event, quality=quality,
+                                        demand=self.demand, free_running=not fps or fps <= 0)
         self.context = AgentContext(camera=camera, pipeline=self.pipeline, lease=self.lease, info=self.info)
         self.router = CommandRouter(self.context)
         # calibration commands; the saved calibration (controls + lens shading) goes in force before streaming
@@ -79,8 +81,10 @@ class Agent:
         self.calibration.restore()
         SnapshotCommand(self.pipeline, lambda: self.configuration).register(self.router)
         self.server = AgentServer(listen, self.router, self.welcome, security=security,
-                                  session_timeout=session_timeout, context=context, max_sessions=max_viewers)
+                                  session_timeout=session_timeout, context=context, max_sessions=max_viewers,
+                                  demand=self.demand)
         self.context.viewers = lambda: self.server.viewer_count
+        self.context.extra["frames_sent"] = lambda: self.server.counters["frames_sent"]  # status
         self.context.events = self._on_event  # e.g. controls_changed, to every viewer
         self.port: int | None = None
         self._stopped = threading.Event()

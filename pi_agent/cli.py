@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         stop = threading.Event()
         fatal: list[str] = []
         raise_open_file_limit()
+        # Before the socket is up: a stop request that comes as soon as viewers can connect still stops
+        # cleanly (every viewer gets its `bye`) instead of killing the process.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality,
                       state_dir=args.state_dir, name=args.name, announce=not args.no_announce, security=security,
                       max_viewers=max(1, args.max_viewers),
@@ -191,8 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     log.info("streaming %s %dx%d at %g fps on port %d, %s (Ctrl-C to stop)",
              camera.sensor.model, args.size[0], args.size[1], args.fps, port,
              f"encrypted, agent key {security.keys.public}" if security else "plain text")
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):  # wakes for signals on every platform
         pass
     if fatal:

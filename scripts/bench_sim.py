@@ -56,8 +56,11 @@ def measure(sensor: str, size, raw_size, seconds: float) -> tuple[tuple[int, int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=1.5)
-    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="print the table, leave docs/benchmarks.md alone")
+    ap.add_argument("--quick", action="store_true", help="0.3 s per case and no docs/benchmarks.md update")
     args = ap.parse_args()
+    if args.quick:
+        args.seconds, args.no_write = 0.3, True
     default_threads = cv2.getNumThreads()
     rows = []
     for sensor, size, raw_size in CASES:

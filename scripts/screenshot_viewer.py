@@ -1,6 +1,6 @@
 """Take docs/viewer.png: the viewer window with every overlay on, under a private Xvfb.
 
-    /work/venv/bin/python -m scripts.screenshot_viewer            # writes docs/viewer.png, docs/viewer-help.png
+    .venv/bin/python -m scripts.screenshot_viewer [--out-dir DIR]            # writes docs/viewer.png, docs/viewer-help.png
 
 An agent on the simulated camera (chart scene) runs in this process; `host-viewer --overlays all` runs in a
 subprocess on the Xvfb display. Keys are sent as a user would: `s` (a snapshot: the progress overlay shows
@@ -18,9 +18,11 @@ from pathlib import Path
 
 import cv2
 
-from pi_agent.agent import Agent
-from pi_agent.camera.sim import SimulatedCamera
-from scripts.xdisplay import XServer, missing_tools
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file or with -m
+
+from pi_agent.agent import Agent  # noqa: E402
+from pi_agent.camera.sim import SimulatedCamera  # noqa: E402
+from scripts.xdisplay import XServer, missing_tools  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +36,13 @@ def wait_for(predicate, timeout: float, what: str):
     return value
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out-dir", type=Path, default=ROOT / "docs", help="where viewer.png and viewer-help.png go")
+    args = p.parse_args(argv)
+    out_dir = args.out_dir
     missing = missing_tools()
     if missing:
         print(f"screenshot_viewer: needs {', '.join(missing)} (scripts/ensure_apt.sh, pip install mss)", file=sys.stderr)
@@ -53,10 +61,10 @@ def main() -> int:
             wait_for(lambda: list(Path(saved).glob("*.dng")), 15, "the snapshot")
             x.send_key(window, "r")
             time.sleep(1.0)
-            cv2.imwrite(str(ROOT / "docs" / "viewer.png"), x.screenshot(geometry))
+            cv2.imwrite(str(out_dir / "viewer.png"), x.screenshot(geometry))
             x.send_key(window, "h")
             time.sleep(0.5)
-            cv2.imwrite(str(ROOT / "docs" / "viewer-help.png"), x.screenshot(geometry))
+            cv2.imwrite(str(out_dir / "viewer-help.png"), x.screenshot(geometry))
             x.send_key(window, "q")
             viewer.wait(10)
         finally:
@@ -64,7 +72,7 @@ def main() -> int:
                 viewer.terminate()
                 viewer.wait(5)
             agent.stop()
-    print("wrote docs/viewer.png and docs/viewer-help.png")
+    print(f"wrote {out_dir / 'viewer.png'} and {out_dir / 'viewer-help.png'}")
     return 0
 
 

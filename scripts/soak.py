@@ -202,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--json", metavar="FILE", help="write the summary as JSON ('-' for stdout; the table goes to stderr)")
     p.add_argument("--write-doc", action="store_true", help="write the 'soak' section of docs/benchmarks.md")
+    p.add_argument("--quick", action="store_true", help="a 12-second smoke run (2 s reports) that writes nothing")
     args = p.parse_args(argv)
+    if args.quick:
+        args.minutes, args.interval, args.warmup = 0.2, args.interval or 2.0, args.warmup or 2.0
+        if args.write_doc or (args.json and args.json != "-"):
+            p.error("--quick writes nothing: leave out --write-doc and --json FILE")
     interval = args.interval or 10.0
     out = sys.stderr if args.json == "-" else sys.stdout
     summary = run(args.minutes, interval, args.size, args.fps, args.warmup, out=out)

@@ -106,6 +106,7 @@ def picamera2_camera(simulated_pi):
         cam.configure(size, fps, raw_size)
         if start:
             cam.start()
+            cam.capture(timeout=60)  # the first frame: startup frames and the ISP's tables on a busy machine
         return cam, pi
 
     yield make

@@ -41,7 +41,7 @@ def residual_in_force(pi) -> dict[str, float]:
     """Per channel: std/mean (%) of 16x12 cell means of (true shading × ISP gain in force) in the current mode."""
     pipe = pi.pipeline(0)
     gains = pipe.lens_shading_in_force  # (3, h, w) R, G, B as the simulated ISP applies them
-    truth = pipe.physics._compute_shading(pipe.mode)  # ground truth of the sensor model, this mode's pixels
+    truth = pipe.physics(pipe.mode).true_shading(pipe.mode)  # ground truth of the sensor model, this mode's pixels
     h, w = gains.shape[1:]
     out = {}
     for i, name in enumerate("RGB"):

@@ -162,7 +162,7 @@ def _true_table(pi, grid: tuple[int, int], mode_size=None) -> LensShadingTable:
         mode = max((m for m in sensor.modes if sensor.full_field(m)), key=lambda m: -m.size[0])  # smallest full field
     else:
         mode = sensor.mode_of_size(mode_size)
-    shading = pipe.physics(mode).true_shading(mode)
+    shading = pipe.true_shading(mode)
     cols, rows = grid
     cells = {k: cv2.resize(v, (cols, rows), interpolation=cv2.INTER_AREA).astype(np.float64) for k, v in shading.items()}
     g = cells["G"]
@@ -470,7 +470,7 @@ def test_the_backend_clears_a_timed_out_job_so_close_does_not_hang(picamera2_cam
 def test_the_agent_streams_end_to_end_over_the_real_picamera2(simulated_pi, start_agent, connect):
     pi = simulated_pi(["imx219"], "vc4")
     agent = start_agent(camera=Picamera2Camera(picamera2_module=pi.picamera2), size=(320, 240), fps=30.0)
-    client = connect(agent)
+    client = connect(agent, full_stats=True)  # every metadata key in each frame
     frame = client.wait_frame(timeout=10)
     image = frame.decode()
     assert image.shape == (240, 320, 3) and image.std() > 5

@@ -3,9 +3,9 @@
 Simulator: the still's black-subtracted level at a chart patch equals the stream's at the same field position
 scaled by the exposure ratio (the simulator's binning averages, so the binning factor is 1), its ISP output
 is the ISP's rendering of its raw with the table and colour gains in force, and the stream's frames are
-exactly those of an identical camera that took no still. Picamera2 backend: the still's raw equals the
-simulator's full-mode raw of that very frame on Pi 4 and Pi 5 layouts, and the stream resumes in its mode
-with the controls requested since the configure.
+exactly those of an identical camera that took no still. Picamera2 backend (the real picamera2 on the
+simulated libcamera): the still's raw equals the mosaic the sensor read for that very frame on Pi 4 and Pi 5
+layouts, and the stream resumes in its mode with the controls requested since the configure.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pi_agent.camera.picamera2_backend import Picamera2Camera
 from pi_agent.camera.scene import GREY_PATCH, Scene
 from pi_agent.camera.sensors import get_sensor
 from pi_agent.camera.sim import SimulatedCamera
-from tests.fakes.picamera2 import make_fake_picamera2
 
 MANUAL = {"ExposureTime": 6000, "AnalogueGain": 2.0, "ColourGains": (1.6, 1.9)}
 
@@ -112,11 +111,10 @@ LAYOUTS = [
 
 
 @pytest.mark.parametrize("platform, packed, raw_format, stride", LAYOUTS)
-def test_picamera2_still_is_the_simulators_full_mode_raw_and_the_stream_resumes(platform, packed, raw_format, stride):
-    fake = make_fake_picamera2(["imx219"], platform, seed=5)
-    cam = Picamera2Camera(picamera2_module=fake, packed_raw=packed)
-    cam.set_controls(MANUAL)  # goes into the video configuration's controls
-    cam.configure((640, 480), 30.0)
+def test_picamera2_still_is_the_sensors_full_mode_raw_and_the_stream_resumes(picamera2_camera, platform, packed,
+                                                                              raw_format, stride):
+    cam, pi = picamera2_camera("imx219", platform, size=(640, 480), start=False, packed_raw=packed)
+    cam.set_controls(MANUAL)  # before start: in force from the first frame
     before = cam.configuration
     cam.start()
     frames = [cam.capture() for _ in range(5)]
@@ -128,28 +126,28 @@ def test_picamera2_still_is_the_simulators_full_mode_raw_and_the_stream_resumes(
         if abs(frames[-1].metadata["ExposureTime"] - 4000) < 20:
             break
     assert frames[-1].metadata["ExposureTime"] == pytest.approx(4000, abs=20)
-    still = cam.capture_still()
+    still = cam.capture_still(timeout=30)
 
-    # The still is the simulator's full-mode raw of that very request, unpacked from the platform's layout.
-    sequence, mosaic = fake.world.last_raw[0]
+    # The still is the sensor's full-mode raw of that very request, unpacked from the platform's layout.
+    pipe = pi.pipeline(0)
+    mosaic = pipe.raw_of(still.metadata)
     assert mosaic.shape == (2464, 3280)
     np.testing.assert_array_equal(still.raw, mosaic)
     assert still.bit_depth == 10 and still.black_level == 64 and still.bayer_order == "BGGR"
     assert still.main.shape == (2464, 3280, 3)
     assert still.metadata["ExposureTime"] == pytest.approx(4000, abs=20)  # the controls requested now
-    assert still.metadata["AnalogueGain"] == 2.0 and still.metadata["ColourGains"] == MANUAL["ColourGains"]
-    still_config = fake.world.still_configs[-1]
+    assert still.metadata["AnalogueGain"] == 2.0
+    assert still.metadata["ColourGains"] == pytest.approx(MANUAL["ColourGains"], abs=1e-6)
+    still_config = next(c for c in reversed(pipe.configurations) if c["sensor"]["output_size"] == (3280, 2464))
     assert still_config["raw"]["format"] == raw_format and still_config["raw"]["stride"] == stride
     assert still_config["sensor"] == {"bit_depth": 10, "output_size": (3280, 2464)}
 
-    # The stream resumes in its own mode, numbering on, with the controls of now, every request released.
+    # The stream resumes in its own mode, numbering on, with the controls of now.
     assert cam.configuration == before
-    assert fake.Picamera2._cm.cameras[0].camera_configuration()["raw"]["size"] == (1640, 1232)
+    assert pipe.configurations[-1]["raw"]["size"] == (1640, 1232)
     after = [cam.capture() for _ in range(4)]
     assert [f.sequence for f in after] == list(range(frames[-1].sequence + 1, frames[-1].sequence + 5))
     for f in after:
         assert f.raw.shape == (1232, 1640) and f.main.shape == (480, 640, 3)
         assert f.metadata["ExposureTime"] == pytest.approx(4000, abs=20)
-    np.testing.assert_array_equal(after[-1].raw, fake.world.last_raw[0][1])
-    assert fake.world.outstanding[0] == 0
-    cam.close()
+        np.testing.assert_array_equal(f.raw, pipe.raw_of(f.metadata))

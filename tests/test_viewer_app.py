@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+import cv2
 import numpy as np
 import pytest
 
@@ -83,15 +84,21 @@ def test_stats_overlay_figures(start_agent, connect):
     assert app.tile.link_meter.rate() / app.tile.received_meter.rate() > 3000
 
 
+def placed_box(app: ViewerApp, name: str, tile: int = 0):
+    return next((p.box for p in app.placed[tile] if p.name == name), None)
+
+
 def test_overlays_draw_over_the_video_and_toggle(start_agent, connect):
     app = ViewerApp(connect(start_agent(size=(640, 480))), overlays=["histogram"])
     poll(app, lambda: app.tile.last_image is not None)
     image = app.tile.last_image
-    x0, y0, x1, y1 = histogram_box(image)
-    with_hist = app.compose()
+    with_hist = app.compose().copy()
+    x0, y0, x1, y1 = placed_box(app, "histogram")
+    assert (x0, y0, x1, y1) == histogram_box(image)  # its own corner, bottom left, when nothing else is there
     assert np.abs(with_hist[y0:y1, x0:x1].astype(int) - image[y0:y1, x0:x1]).mean() > 20
     app.handle_key(ord("3"))  # histogram off
     without = app.compose()
+    assert placed_box(app, "histogram") is None
     assert np.array_equal(without[y0:y1, x0:x1], app.tile.last_image[y0:y1, x0:x1])
 
 
@@ -114,12 +121,13 @@ def test_progress_overlay_follows_any_long_command(start_agent, connect):
     router.register("slow", slow)
     app = ViewerApp(connect(agent), overlays=["progress"])
     poll(app, lambda: app.tile.last_image is not None)
-    blank = app.compose()
+    blank = app.compose().copy()
     app.send_command("slow", {})
     poll(app, lambda: app.tile.progress and app.tile.progress.step == "halfway", message="progress seen")
     drawn = app.compose()
-    h, w = blank.shape[:2]
-    assert not np.array_equal(drawn[40:86, w - 308:], blank[40:86, w - 308:])
+    x0, y0, x1, y1 = placed_box(app, "progress")
+    assert x1 > blank.shape[1] * 0.6  # top right, its corner
+    assert not np.array_equal(drawn[y0:y1, x0:x1], blank[y0:y1, x0:x1])
     gate.set()
     poll(app, lambda: app.tile.progress.outcome == "done", message="command finished")
     assert app.tile.visible_progress().fraction == 1.0
@@ -156,13 +164,22 @@ def test_connection_overlay_follows_the_client_state(start_agent, connect):
     agent = start_agent(name="bench-pi")
     app = ViewerApp(connect(agent, silence_timeout=0.5), overlays=["connection"])
     poll(app, lambda: app.tile.last_image is not None)
-    assert connection_text(app.tile) == "bench-pi: connected"
-    before = app.compose()
+    port = agent.port
+    assert connection_text(app.tile) == f"bench-pi :{port}: connected"
+    before = app.compose().copy()
     agent.stop()
-    poll(app, lambda: connection_text(app.tile) == "bench-pi: reconnecting", message="reconnecting shown")
+    poll(app, lambda: connection_text(app.tile).startswith(f"bench-pi :{port}: reconnecting"),
+         message="reconnecting shown")
     after = app.compose()
-    h, w = before.shape[:2]
-    assert not np.array_equal(before[6:30, w - 260:], after[6:30, w - 260:])
+    x0, y0, x1, y1 = placed_box(app, "connection")
+    assert not np.array_equal(before[y0:y1, x0:x1], after[y0:y1, x0:x1])
+    # The frozen frame says so plainly, and its age keeps counting.
+    assert placed_box(app, "unreachable") is not None
+    from host_viewer.overlays import live_age_ms, unreachable_text
+
+    assert unreachable_text(app.tile).startswith("agent unreachable since ")
+    first = live_age_ms(app.tile)
+    wait_until(lambda: live_age_ms(app.tile) > first + 50, 5, message="the age counting on")
 
 
 def test_record_key_with_an_unusable_save_directory_is_a_status_line_error(start_agent, connect, tmp_path):
@@ -175,3 +192,80 @@ def test_record_key_with_an_unusable_save_directory_is_a_status_line_error(start
         assert app.tile.recorder is None
         assert app.tile.status.startswith(f"cannot record to {save_dir}")
         app.compose()  # the window goes on, the error on its status line
+
+
+def _no_overlaps(placed, rect):
+    x0, y0, x1, y1 = rect
+    for i, a in enumerate(placed):
+        assert x0 <= a.box[0] < a.box[2] <= x1 and y0 <= a.box[1] < a.box[3] <= y1, (a.name, a.box, rect)
+        for b in placed[i + 1:]:
+            overlap = a.box[0] < b.box[2] and b.box[0] < a.box[2] and a.box[1] < b.box[3] and b.box[1] < a.box[3]
+            assert not overlap, f"{a.name} {a.box} overlaps {b.name} {b.box}"
+
+
+@pytest.mark.parametrize("size", [(320, 240), (640, 480), (1920, 1080), (240, 320)])
+def test_every_overlay_on_never_overlaps_and_text_scales(start_agent, connect, size):
+    from host_viewer.tile import CommandProgress
+
+    app = ViewerApp(connect(start_agent(size=(640, 480))), overlays=["all"])
+    poll(app, lambda: app.tile.last_image is not None and app.tile.last_frame.histograms() is not None)
+    app.tile.progress = CommandProgress(name="calibrate", step="lens_shading", fraction=0.4)
+    app.tile.set_status("snapshot 3280x2464 saved: imx219-20261129-231500.jpg, imx219-20261129-231500.dng")
+    canvas = app.compose(size)
+    assert canvas.shape == (size[1], size[0], 3)
+    placed = app.placed[0]
+    names = {p.name for p in placed}
+    assert {"status", "connection"} <= names  # the state and the status line always find room
+    # the video keeps its 4:3 shape inside the window: the overlays lie on it, never on the bars
+    w = min(size[0], size[1] * 4 // 3)
+    h = w * 3 // 4
+    video = ((size[0] - w) // 2, (size[1] - h) // 2, (size[0] - w) // 2 + w, (size[1] - h) // 2 + h)
+    _no_overlaps(placed, video)
+    if size == (1920, 1080):
+        assert names == {"status", "connection", "stats", "progress", "controls", "histogram"}
+        small = app.compose((640, 480)) is not None and {p.name: p.box for p in app.placed[0]}
+        large = {p.name: p.box for p in placed}
+        for name in ("stats", "controls", "connection"):  # text grows with the window
+            assert large[name][3] - large[name][1] >= 1.8 * (small[name][3] - small[name][1])
+
+
+def test_tiles_keep_each_cameras_aspect_ratio(start_agent, connect):
+    wide, square = start_agent(size=(640, 360)), start_agent(size=(320, 240))
+    app = ViewerApp([connect(wide), connect(square)], overlays=[])
+    poll(app, lambda: all(t.last_image is not None for t in app.tiles), message="both cameras")
+    canvas = app.compose((1280, 480))  # two cells of 640x480
+    wide_rows = 5 + np.flatnonzero(canvas[5:475, 100:540].max(axis=(1, 2)) > 0)  # inside the selection frame
+    # 640x360 shown 640 wide in a 640x480 cell: 360 rows of video, bars of 60 above and below
+    assert wide_rows[0] == 60 and wide_rows[-1] == 419
+    square_cols = np.flatnonzero(canvas[100:380, 640:].max(axis=(0, 2)) > 0)
+    assert square_cols[0] <= 2 and square_cols[-1] >= 637  # 4:3 fills its 4:3 cell
+
+
+def test_the_window_buffer_is_reused_frame_after_frame(start_agent, connect):
+    app = ViewerApp(connect(start_agent(size=(640, 480))))
+    poll(app, lambda: app.tile.last_image is not None)
+    first = app.compose((800, 600))
+    sequence = app.tile.last_frame.sequence
+    poll(app, lambda: app.tile.last_frame.sequence > sequence, message="a newer frame")
+    again = app.compose((800, 600))
+    assert again is first  # the same buffer, drawn again
+    x0, y0, x1, y1 = 0, 0, 800, 600
+    scaled = cv2.resize(app.tile.last_image, (800, 600), interpolation=cv2.INTER_LINEAR)
+    # the video was scaled straight into it (compare where no overlay is drawn: the middle)
+    assert np.abs(again[250:350, 300:500].astype(int) - scaled[250:350, 300:500]).max() <= 1
+    assert app.compose((400, 300)) is not first  # a new size, a new buffer
+
+
+def test_help_fits_by_pages_in_a_small_window(start_agent, connect):
+    app = ViewerApp(connect(start_agent()))
+    for key in "ewlacp":  # as many keys as the calibration keys add
+        app.bind(key, f"an action bound to {key}", lambda: None)
+    app.handle_key(ord("h"))
+    app.compose((320, 240))
+    assert app.show_help and app._help_pages > 1
+    for _ in range(app._help_pages - 1):
+        app.handle_key(ord("h"))
+        app.compose((320, 240))
+    assert app.show_help and app.help_page == app._help_pages - 1
+    app.handle_key(ord("h"))
+    assert not app.show_help

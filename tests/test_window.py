@@ -11,13 +11,14 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from host_viewer.overlays import HIST_SIZE
+from host_viewer.overlays import HIST_SIZE, Style
 from pi_agent.camera.sim import SimulatedCamera
 
 from .conftest import wait_until
@@ -87,7 +88,8 @@ def test_window_draws_overlays_and_keys_reach_the_agent(xserver, start_agent, tm
         assert video_level < 20, "the dark scene's video should be nearly black"
         panel = first[hy0:hy1, hx0:hx1]
         assert (panel.max(axis=2) > 100).sum() > 200  # lines and text, not video
-        red_clip_line = first[hy0 + 10 : hy1 - 40, hx0 + 8 + HIST_SIZE[0] - 1, :]  # the clipping level
+        pad = Style.for_height(h).pad
+        red_clip_line = first[hy0 + pad + 2 : hy0 + pad + HIST_SIZE[1] - 2, hx0 + pad + HIST_SIZE[0] - 1, :]  # clip level
         assert (red_clip_line[:, 2] > 200).mean() > 0.9 and red_clip_line[:, 0].mean() < 60
 
         # The histogram key turns the panel off: the same place now shows the video.
@@ -162,3 +164,49 @@ def test_closing_the_window_quits_cleanly(managed_xserver, start_agent, tmp_path
     written = json.loads(summary.read_text())
     assert written["frames"] >= 1
     assert written.get("stopped_by") == ("SIGINT" if how == "Ctrl-C" else None)
+
+
+def test_small_window_overlays_never_overlap_and_the_window_resizes(managed_xserver, start_agent, tmp_path):
+    """At 320x240 with every overlay on, the boxes drawn on screen are separate rectangles (two boxes that
+    overlapped would merge into one non-rectangular darkened region); resized by the window manager, the
+    picture is drawn at the new size, its aspect kept."""
+    server = managed_xserver
+    agent = start_agent(camera=SimulatedCamera(scene="white", seed=3), size=(320, 240), fps=30.0)
+    viewer, log_path, _summary = start_viewer(server, agent, tmp_path, "--overlays", "all")
+    try:
+        window = server.find_window("picamlink")
+        wait_until(lambda: server.window_geometry(window)[2:] == (320, 240), 15, message="a 320x240 window")
+
+        def shot() -> np.ndarray:
+            return server.screenshot(server.window_geometry(window)).astype(np.float32)
+
+        wait_until(lambda: shot().mean() > 60, 15, message="video on screen")
+        time.sleep(1.0)  # let the meters fill their boxes (the overlays' sizes follow their text)
+        with_overlays = shot()
+        server.send_key(window, "o")  # all overlays off
+        without = wait_until(lambda: (s := shot()).mean() > with_overlays.mean() + 5 and [s], 10,
+                             message="overlays off")[0]
+        dimmed = ((with_overlays.max(axis=2) < 0.6 * without.max(axis=2)) & (without.max(axis=2) > 40))
+        mask = cv2.morphologyEx(dimmed.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
+        count, _labels, stats, _ = cv2.connectedComponentsWithStats(mask)
+        boxes = [stats[i] for i in range(1, count) if stats[i][cv2.CC_STAT_AREA] > 150]
+        cv2.imwrite(str(tmp_path / "small.png"), with_overlays.astype(np.uint8))
+        assert len(boxes) >= 2, f"overlay boxes seen: {len(boxes)} (screenshot in {tmp_path})"
+        for x, y, w, h, area in boxes:
+            assert area >= 0.85 * w * h, f"a darkened region at {x},{y} {w}x{h} is not one rectangle: overlap"
+
+        server.send_key(window, "o")  # overlays back on
+        server.xdotool("windowmove", window, "0", "0")  # room on the 1280x1024 screen for the larger window
+        server.xdotool("windowsize", window, "960", "720")
+        wait_until(lambda: server.window_geometry(window)[2:] == (960, 720), 15, message="resized to 960x720")
+        big = wait_until(lambda: (s := shot())[600:700, 400:560].mean() > 60 and [s], 15,
+                         message="the picture drawn at the new size")[0]
+        assert big.shape[:2] == (720, 960)  # 4:3 video filling the 4:3 window: drawn at 960x720, not 320x240
+    finally:
+        if viewer.poll() is None:
+            viewer.send_signal(signal.SIGINT)
+            try:
+                viewer.wait(10)
+            except subprocess.TimeoutExpired:
+                viewer.kill()
+    assert "Traceback" not in log_path.read_text()

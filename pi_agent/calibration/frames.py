@@ -87,7 +87,7 @@ class StillFrameSource(FrameSource):
     goes on in its own mode between them (on a Pi it pauses for the two mode switches)."""
 
     def _next(self, timeout: float) -> tuple[CapturedFrame, RawStats]:
-        frame = self.camera.capture_still(timeout=max(timeout, 10.0))
+        frame = self.camera.capture_still(timeout=max(timeout, 30.0))  # a 12 MP still: two mode switches and a frame
         return frame, compute_stats(frame.raw, frame.bayer_order, frame.bit_depth, frame.black_level)
 
     def fresh(self, timeout: float = 5.0) -> tuple[CapturedFrame, RawStats]:

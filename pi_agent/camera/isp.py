@@ -1,6 +1,7 @@
 """The simulated ISP: raw Bayer mosaic → BGR main stream, in the order the Pi's ISP works.
 
-black level → lens shading gains (table bilinear between cell centres) → colour gains → normalisation →
+black level → lens shading gains (the table covers the full pixel array and is resampled to the mode's crop, as
+libcamera does; then bilinear between cell centres) → colour gains → normalisation →
 demosaic → resize to the main size → colour correction matrix → sRGB-like gamma.
 
 Why it matters: calibration is judged by what the ISP makes of its tables, so the table interpolation here
@@ -52,6 +53,34 @@ def upsample_table(cells: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(src, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def resample_to_crop(cells: np.ndarray, full_array: tuple[int, int], crop: tuple[int, int, int, int]) -> np.ndarray:
+    """A lens shading table over the FULL pixel array → the same-size table of a mode reading `crop`.
+
+    libcamera's rpi.alsc treats the tuning's tables as covering the whole sensor and, at every mode switch,
+    resamples them to the mode's crop (src/ipa/rpi/controller/rpi/alsc.cpp `resampleCalTable`): cell i of the
+    mode's table samples the full table at x = crop_x / full_w · cols + (i + 0.5) · crop_w / full_w − 0.5 (in
+    cell units, bilinear, clamped at the edges). For a full-field mode this is the identity.
+    cells: (rows, cols); full_array: (w, h); crop: (x, y, w, h) on the pixel array. Returns float64 (rows, cols).
+    """
+    cells = np.asarray(cells, dtype=np.float64)
+    rows, cols = cells.shape
+    fw, fh = full_array
+    cx, cy, cw, ch = crop
+
+    def axis(n: int, offset: float, share: float, full: float):
+        pos = offset / full * n + (np.arange(n) + 0.5) * share / full - 0.5
+        pos = np.clip(pos, 0.0, n - 1.0)
+        lo = np.minimum(np.floor(pos).astype(int), n - 1)
+        hi = np.minimum(lo + 1, n - 1)
+        return lo, hi, pos - lo
+
+    xlo, xhi, xf = axis(cols, cx, cw, fw)
+    ylo, yhi, yf = axis(rows, cy, ch, fh)
+    top = cells[ylo][:, xlo] * (1 - xf) + cells[ylo][:, xhi] * xf
+    bottom = cells[yhi][:, xlo] * (1 - xf) + cells[yhi][:, xhi] * xf
+    return top * (1 - yf[:, None]) + bottom * yf[:, None]
+
+
 def bayer_channel_index(bayer_order: str) -> np.ndarray:
     """2x2 array of channel indices (0 R, 1 G, 2 B) for a Bayer order string such as "BGGR"; MONO (no colour
     filter) is all G: one panchromatic channel that colour gains leave alone."""
@@ -84,6 +113,8 @@ class Isp:
         black_level: int,
         main_size: tuple[int, int] | None = None,
         ccm: np.ndarray | None = None,
+        mode_crop: tuple[int, int, int, int] | None = None,
+        full_array: tuple[int, int] | None = None,
     ):
         self.raw_size = (int(raw_size[0]), int(raw_size[1]))
         self.main_size = tuple(main_size) if main_size else self.raw_size
@@ -100,6 +131,9 @@ class Isp:
         ccm_rgb = DEFAULT_CCM_RGB if ccm is None else np.asarray(ccm, dtype=np.float32)
         self.ccm_bgr = ccm_rgb[::-1, ::-1].copy()  # same matrix acting on BGR vectors
         self._table: LensShadingTable | None = None
+        # where the mode reads the pixel array: tables cover the full array and are resampled to this crop
+        self.full_array = tuple(full_array) if full_array else self.raw_size
+        self.mode_crop = tuple(mode_crop) if mode_crop else (0, 0, *self.full_array)
         self._lst_map: np.ndarray | None = None  # per-pixel LST gain × normalisation, float32 (h, w)
         self._gain_key: tuple | None = None
         self._gain_map: np.ndarray | None = None
@@ -118,6 +152,14 @@ class Isp:
         self._lst_map = None
         self._gain_key = None
 
+    def mode_gains(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(R, G, B) cell gains the ISP uses in this mode, the way libcamera derives them (alsc.cpp switchMode):
+        luminance, Cr and Cb resampled from the full array to the mode's crop, Cr and Cb divided by their
+        minimum over that resampled table, times the luminance."""
+        t = self._table
+        lum, cr, cb = (resample_to_crop(v, self.full_array, self.mode_crop) for v in (t.luminance, t.cr, t.cb))
+        return lum * (cr / cr.min()), lum, lum * (cb / cb.min())
+
     def _build_lst_map(self) -> np.ndarray:
         w, h = self.raw_size
         scale = np.float32(65535.0 / ((2**self.bit_depth - 1) - self.black_level))
@@ -125,7 +167,7 @@ class Isp:
         if self._table is None:
             out[:] = scale
             return out
-        per_channel = [upsample_table(c, (h, w)) for c in self._table.channel_gains()]
+        per_channel = [upsample_table(c, (h, w)) for c in self.mode_gains()]
         for dy in (0, 1):
             for dx in (0, 1):
                 out[dy::2, dx::2] = per_channel[self._sites[dy, dx]][dy::2, dx::2] * scale

@@ -1,7 +1,8 @@
 """The Picamera2 backend: a real Raspberry Pi camera behind the CameraBackend interface.
 
-picamera2 is imported lazily (it exists only on a Pi, from apt); `picamera2_module=` lets tests pass the
-fake in tests/fakes. Facts this code relies on are in shared/reference/picamera2.md:
+picamera2 is imported lazily (on a Pi it comes from apt); `picamera2_module=` lets tests pass the module to
+use (the real picamera2 running on the simulated libcamera of tests/fakes). Facts this code relies on are in
+shared/reference/picamera2.md:
 
 - one video configuration with a main stream ("RGB888", which is B,G,R in memory: DRM fourcc naming) and
   an unpacked raw stream at the chosen sensor mode (`sensor={"output_size", "bit_depth"}`), queue=False

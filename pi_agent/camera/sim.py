@@ -125,7 +125,8 @@ class SimulatedCamera(CameraBackend):
         else:
             self._limits = (mode.min_frame_duration_us, s.exposure_max_us)
         self._build_mode_maps()
-        self._isp = Isp(mode.size, s.bayer_order, mode.bit_depth, self._black, (w, h))
+        self._isp = Isp(mode.size, s.bayer_order, mode.bit_depth, self._black, (w, h), mode_crop=mode.crop,
+                        full_array=s.full_array)
         self._isp.set_lens_shading(self._table)
         # controls in force: start from the defaults (libcamera's initial AGC values)
         self._exp_lines = s.exposure_lines(min(20000.0, self._limits[1]), mode)
@@ -610,7 +611,7 @@ class SimulatedCamera(CameraBackend):
         t_us = still_lines * m.line_time_us
         started = time.monotonic()
         raw, black = self._render_still(m, t_us, gain, sim_time, np.random.default_rng([self.seed, 0x57111, index]))
-        isp = Isp(m.size, s.bayer_order, m.bit_depth, black, m.size)
+        isp = Isp(m.size, s.bayer_order, m.bit_depth, black, m.size, mode_crop=m.crop, full_array=s.full_array)
         isp.set_lens_shading(table)
         main = isp.process(raw, colour_gains)
         if time.monotonic() - started > timeout:

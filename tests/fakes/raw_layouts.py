@@ -1,6 +1,6 @@
-"""What the fake Picamera2 does to the simulator's raw before handing it over: the byte layouts real
-picamera2 delivers (picamera2.md §3), written from the CSI-2 / V4L2 format descriptions and independently of
-pi_agent/camera/raw_unpack.py, so the backend's unpacking is really tested.
+"""The raw byte layouts real picamera2 delivers (picamera2.md §3), written from the CSI-2 / V4L2 format
+descriptions and independently of pi_agent/camera/raw_unpack.py, for unit tests of the unpacking (the
+simulated libcamera under tests/fakes/libcamera has its own writer).
 
 Every layout ends in a uint8 (h, stride) array whose row padding is filled with garbage, as a real DMA buffer
 may hold, so a missing crop shows up as wrong values instead of passing by luck.
@@ -99,41 +99,3 @@ def raw_buffer(mosaic: np.ndarray, fmt: str, bit_depth: int, platform: str, garb
         data = little_endian_bytes(mosaic.astype(np.uint16))
     stride = align(data.shape[1], STRIDE_ALIGN[platform])
     return pad_rows(data, stride, garbage_seed), stride
-
-
-def stock_tuning(model: str, target: str) -> dict:
-    """A small stock-like tuning file: black level, a few algorithm sections and an adaptive rpi.alsc
-    with a radial luminance table (1.0–~2.9) and smooth Cr/Cb tables, like the shipped imx219 file."""
-    from pi_agent.camera.tuning import grid_for_target
-
-    columns, rows = grid_for_target(target)
-    y, x = np.mgrid[0:rows, 0:columns]
-    r2 = ((x + 0.5) / columns - 0.5) ** 2 + ((y + 0.5) / rows - 0.5) ** 2
-    r2 = r2 / r2.max()
-    lum = 1.0 + 1.94 * r2
-    cr = 1.6 + 0.5 * r2 + 0.1 * ((x + 0.5) / columns - 0.5)
-    cb = 1.5 + 0.4 * r2
-
-    def flat(a):
-        return [round(float(v), 3) for v in a.ravel()]
-
-    return {
-        "version": 2.0,
-        "target": target,
-        "algorithms": [
-            {"rpi.black_level": {"black_level": 4096}},
-            {"rpi.dpc": {}},
-            {"rpi.lux": {"reference_shutter_speed": 27685, "reference_gain": 1.0, "reference_lux": 998}},
-            {"rpi.awb": {"bayes": 1}},
-            {"rpi.agc": {"metering_modes": {"centre-weighted": {"weights": [3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0]}}}},
-            {"rpi.alsc": {
-                "omega": 1.3, "n_iter": 100, "luminance_strength": 0.7,
-                "calibrations_Cr": [{"ct": 3000, "table": flat(cr * 1.15)}, {"ct": 5000, "table": flat(cr)}],
-                "calibrations_Cb": [{"ct": 3000, "table": flat(cb * 0.8)}, {"ct": 5000, "table": flat(cb)}],
-                "luminance_lut": flat(lum),
-                "sigma": 0.005, "sigma_Cr": 0.005, "sigma_Cb": 0.005,
-            }},
-            {"rpi.contrast": {"ce_enable": 1}},
-            {"rpi.ccm": {"ccms": [{"ct": 5000, "ccm": [1.6, -0.45, -0.15, -0.3, 1.5, -0.2, -0.05, -0.55, 1.6]}]}},
-        ],
-    }

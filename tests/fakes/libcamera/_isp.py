@@ -274,6 +274,7 @@ class IspPipeline:
             self.gamma = np.clip(255 * np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055) + 0.5,
                                  0, 255).astype(np.uint8)
         self.lsc = None  # (h, w) per-pixel gain of each pixel's own channel
+        self.lsc_key = None
 
     def set_lens_shading(self, per_pixel: np.ndarray | None) -> None:
         self.lsc = None if per_pixel is None else mosaic_gain(per_pixel, self.order)

@@ -47,6 +47,7 @@ from ._controls import ControlInfo, controls, properties
 from ._geometry import ORIENTATION_FLIPS, Orientation, PixelFormat, Rectangle, Size
 
 log = logging.getLogger(__name__)
+_GAIN_MAPS: dict = {}  # per-pixel hardware gain maps by (platform, mode size, order, tables): costly to rebuild
 
 RAW_DEFAULT_BIT_DEPTH = 12  # pipeline_base.cpp defaultRawBitDepth
 OUTPUT_FORMATS = {"YUV420": 1, "YVU420": 1, "NV12": 1, "NV21": 1, "RGB888": 3, "BGR888": 3, "XRGB8888": 4,
@@ -153,14 +154,15 @@ class RPiCameraData:
         self.last_raw: np.ndarray | None = None  # ground truth: the mosaic of the last completed frame
         self.raws: collections.OrderedDict = collections.OrderedDict()  # SensorTimestamp → mosaic, last 16 frames
         self.connected = True  # False: the sensor stops sending frames (a dislodged cable)
-        self.lens_shading_in_force: np.ndarray | None = None  # (3, h, w) per-pixel gains of the ISP
+        self._lsc_key = None  # (mode size, gains) of the table the ISP should have; built when a frame needs it
         self.frames_dropped = 0
-        self._gain_maps: dict = {}
+        self.configurations: list[dict] = []  # ground truth: every configuration applied, in order
         self._init_ipa_state()
         self.control_info = self._unconfigured_controls()
 
-    def physics(self, mode: SensorMode) -> SimulatedCamera:
-        """The simulator's sensor physics for `mode` (scene, illuminant, true lens shading, noise)."""
+    def physics_for(self, mode: SensorMode | None) -> SimulatedCamera:
+        """The simulator's sensor physics for `mode` (scene, illuminant, true lens shading, noise); one instance
+        per mode, as each caches its mode's maps."""
         sim = self._physics.get(mode)
         if sim is None:
             m = self.module
@@ -168,6 +170,16 @@ class RPiCameraData:
                 sensor=self.sensor, scene=m.scene, colour_temperature=m.colour_temperature, seed=m.seed, pacing=False,
                 corner_shading=m.corner_shading, lux=m.lux, optical_centre=m.optical_centre)
         return sim
+
+    @property
+    def physics(self) -> SimulatedCamera:
+        """The sensor physics (any mode: `physics.true_shading(mode)`), for ground truth in tests."""
+        return self.physics_for(None)
+
+    def true_shading(self, mode: SensorMode | None = None) -> dict:
+        """Ground truth: {"R", "G", "B": (h, w)} true lens shading of `mode` (default: the configured mode) in
+        the simulator's upright orientation."""
+        return self.physics.true_shading(mode or self.mode)
 
     # ================================================================ identity
     @property
@@ -366,6 +378,10 @@ class RPiCameraData:
         mode, flips, order, raws, outs = config._validated
         self.mode, self.flips, self.order = mode, flips, order
         self.config = config
+        self.configurations.append({"sensor": {"bit_depth": mode.bit_depth, "output_size": tuple(mode.size)},
+                                    **{("raw" if c in raws else f"out{outs.index(c)}"): {
+                                        "format": str(c.pixel_format), "size": (c.size.width, c.size.height),
+                                        "stride": c.stride, "frame_size": c.frame_size} for c in config._configs}})
         for cfg in config._configs:
             cfg._stream = Stream(cfg)
         self.raw_cfg = raws[0] if raws else None
@@ -427,18 +443,30 @@ class RPiCameraData:
         self._update_lens_shading()
 
     def _update_lens_shading(self) -> None:
+        """The IPA's tables for the mode (cheap); the per-pixel hardware map is built when a frame needs it."""
         if self.alsc is None:
-            self.lens_shading_in_force = None
+            self._lsc_key = None
             self.isp.set_lens_shading(None)
             return
         gains = self.alsc.gains_for_mode(self.colour_temperature(), self.camera_mode)
-        key = (self.mode.size, gains.tobytes())
-        per_pixel = self._gain_maps.get(key)
+        self._lsc_key = (self.platform, tuple(self.mode.size), self.order, gains.tobytes(), gains.shape)
+        self._lsc_gains = gains
+
+    @property
+    def lens_shading_in_force(self) -> np.ndarray | None:
+        """(3, h, w) per-pixel R, G, B gains the ISP applies now (None: no rpi.alsc in the tuning)."""
+        if self._lsc_key is None:
+            return None
+        per_pixel = _GAIN_MAPS.get(self._lsc_key)
         if per_pixel is None:
-            per_pixel = _isp.hardware_gain_map(gains, self.mode.size, self.platform)
-            self._gain_maps = {key: per_pixel, **dict(list(self._gain_maps.items())[:3])}
-        self.lens_shading_in_force = per_pixel
-        self.isp.set_lens_shading(per_pixel)
+            per_pixel = _isp.hardware_gain_map(self._lsc_gains, self.mode.size, self.platform)
+            while len(_GAIN_MAPS) >= 6:
+                _GAIN_MAPS.pop(next(iter(_GAIN_MAPS)))
+            _GAIN_MAPS[self._lsc_key] = per_pixel
+        if self.isp.lsc_key != self._lsc_key:
+            self.isp.set_lens_shading(per_pixel)
+            self.isp.lsc_key = self._lsc_key
+        return per_pixel
 
     def colour_temperature(self) -> float:
         gains = self.manual_colour_gains if not self.awb_auto and self.manual_colour_gains else self.awb_gains
@@ -602,7 +630,7 @@ class RPiCameraData:
             self.queue.append(request)
 
     def _frame_loop(self) -> None:
-        next_tick = time.monotonic()
+        next_tick = time.monotonic() + self.in_force["frame_duration"] * 1e-6  # the first frame is exposed first
         while not self.stop_event.is_set():
             delay = next_tick - time.monotonic()
             if delay > 0 and self.stop_event.wait(delay):
@@ -649,10 +677,12 @@ class RPiCameraData:
             sim_time = self.sim_time
             self.sim_time += duration * 1e-6
         timestamp = time.monotonic_ns()
+        if request is not None:
+            self.lens_shading_in_force  # noqa: B018 - puts the table of this mode into the ISP if not there yet
         if request is None:  # no buffer to fill: the frame is dropped (no statistics either)
             self.frames_dropped += 1
             return duration
-        raw, _black = self.physics(mode).expose(mode, exposure_us, gain, sim_time, self.rng)
+        raw, _black = self.physics_for(mode).expose(mode, exposure_us, gain, sim_time, self.rng)
         hflip, vflip = self._user_flips(self.config)
         if hflip:
             raw = raw[:, ::-1]
