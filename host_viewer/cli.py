@@ -170,8 +170,23 @@ def run_calibration(client: AgentClient, args, session: ViewingSession,
     pending = start_calibration(client, args.calibrate, target=args.target,
                                 on_progress=lambda p: print(progress_line(p), file=sys.stderr, flush=True))
     last = None
+    # Bound (issue 17.5): the client settles the command by its expiry when the agent is unreachable; an agent
+    # still working past it is asked to cancel, so a headless --calibrate always ends.
+    give_up = pending.deadline + CANCEL_WAIT_S
     while not pending.future.done():
-        if stop is not None and stop.is_set():
+        overdue = time.monotonic() > give_up
+        if overdue or (stop is not None and stop.is_set()):
+            if overdue:
+                print("host-viewer: the calibration ran past its expiry: cancelling it on the agent", file=sys.stderr)
+                client.send_command("cancel", {"id": pending.id}, ttl=CANCEL_WAIT_S)
+                try:
+                    pending.future.exception(timeout=CANCEL_WAIT_S)
+                except TimeoutError:
+                    pass
+                if not pending.future.done():
+                    return None, (f"timeout: no result from {client.address} within the command's expiry "
+                                  f"(+{CANCEL_WAIT_S:g} s) and no answer to cancel")
+                break
             print(f"host-viewer: {stop.signal_name}: cancelling the calibration on the agent", file=sys.stderr)
             client.send_command("cancel", {"id": pending.id}, ttl=CANCEL_WAIT_S)
             try:
