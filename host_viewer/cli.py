@@ -16,6 +16,7 @@ from .calibration import WHAT, calibration_summary, progress_line, start_calibra
 from .client import AgentClient, BadFrame, CommandFailed
 from .report import save_report
 from protocol.keys import key_arguments
+from protocol.options import LOG_LEVELS
 
 from .session import ViewingSession
 from .stopping import StopRequest
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'all' or 'none'")
     p.add_argument("--list", action="store_true", help="list the agents found on the local network and exit")
     p.add_argument("--discover-timeout", type=_number(float, 0, above=True), default=2.0, metavar="S", help="how long to browse (mDNS)")
-    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--log-level", default="WARNING", type=str.upper, choices=LOG_LEVELS)
     sec = p.add_argument_group("security (see `host-viewer keys`)")
     sec.add_argument("--agent-key", metavar="KEY", help="the agent's public key (`pi-agent keys` on the Pi); "
                                                         "default: from known_agents")

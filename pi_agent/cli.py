@@ -13,6 +13,7 @@ import sys
 import threading
 
 from protocol.keys import key_arguments, quoted_key
+from protocol.options import LOG_LEVELS
 
 from .camera.factory import CAMERA_CHOICES, check_camera_kind, make_camera
 from .state import DEFAULT_STATE_DIR, StateStore
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"where the calibration is kept and reloaded at start (default {DEFAULT_STATE_DIR})")
     p.add_argument("--clear-calibration", action="store_true",
                    help="forget the saved calibration (and exported tuning) before starting")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     sec = p.add_argument_group("security (see `pi-agent keys` and `pi-agent authorize`)")
     sec.add_argument("--secure", action="store_true",
                      help="encrypt (CURVE) and admit only authorised viewers, also on loopback; the default "
