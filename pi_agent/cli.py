@@ -142,6 +142,17 @@ def authorize_main(argv: list[str]) -> int:
     return 0
 
 
+def startup_checks(args: argparse.Namespace):
+    """The checks on parsed options that need no camera and no socket; run at start and by `service install`
+    (so a unit is never written that can only fail). Returns the CURVE server security (None: plain text).
+    Raises ValueError (InsecureListen is one) or OSError with the sentence to show."""
+    from .security import server_security
+
+    if not 1 <= args.quality <= 100:
+        raise ValueError("--quality must be between 1 and 100")
+    return server_security(args.listen, secure=args.secure, insecure=args.insecure, config_dir=args.config_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     argv = key_arguments(argv)  # `pi-agent authorize -KEY...`: a key starting with '-' is a key, not an option
@@ -155,14 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         return authorize_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not 1 <= args.quality <= 100:
-        print("pi-agent: --quality must be between 1 and 100", file=sys.stderr)
+    try:
+        security = startup_checks(args)
+    except (OSError, ValueError) as exc:
+        print(f"pi-agent: {exc}", file=sys.stderr)
         return 2
     from .agent import Agent, raise_open_file_limit, tune_allocator
 
     tune_allocator()  # before the camera, encoder and ZeroMQ threads start
-    from .security import InsecureListen, server_security
-
     if args.clear_calibration:
         try:
             removed = StateStore(args.state_dir).clear()
@@ -170,12 +181,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pi-agent: --clear-calibration: cannot remove the saved calibration: {exc}", file=sys.stderr)
             return 2
         log.info("calibration %s", f"cleared from {args.state_dir}" if removed else "was not saved; nothing to clear")
-    try:
-        security = server_security(args.listen, secure=args.secure, insecure=args.insecure,
-                                   config_dir=args.config_dir)
-    except (InsecureListen, OSError, ValueError) as exc:
-        print(f"pi-agent: {exc}", file=sys.stderr)
-        return 2
     try:
         camera = make_camera(args.camera, sensor=args.sensor, scene=args.scene,
                              colour_temperature=args.colour_temperature, seed=args.seed)
