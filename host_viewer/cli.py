@@ -16,7 +16,7 @@ from .calibration import WHAT, calibration_summary, progress_line, start_calibra
 from .client import AgentClient, BadFrame, CommandFailed
 from .report import save_report
 from protocol.keys import key_arguments
-from protocol.options import LOG_LEVELS
+from protocol.options import LOG_LEVELS, number_type as _number
 
 from .session import ViewingSession
 from .stopping import StopRequest
@@ -24,21 +24,6 @@ from .stopping import StopRequest
 log = logging.getLogger("host_viewer")
 
 MAX_CREDIT = 8  # the agent holds a viewer's credit to at most 8 frames in flight (pi_agent/server.py)
-
-
-def _number(kind, low, *, above: bool = False, high=None, what: str = ""):
-    """An argparse type: `kind` (int or float) ≥ `low` (> `low` when `above`) and ≤ `high` when given."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
-        if value != value or (value <= low if above else value < low) or (high is not None and value > high):
-            bound = f"more than {low:g}" if above else f"at least {low:g}"
-            raise argparse.ArgumentTypeError(f"{text} must be {bound}{f' and at most {high:g}' if high else ''}"
-                                             f"{f' ({what})' if what else ''}")
-        return value
-    return parse
 
 
 def overlay_list(text: str) -> list[str]:

@@ -13,7 +13,7 @@ import sys
 import threading
 
 from protocol.keys import key_arguments, quoted_key
-from protocol.options import LOG_LEVELS
+from protocol.options import LOG_LEVELS, number_type
 
 from .camera.factory import CAMERA_CHOICES, check_camera_kind, make_camera
 from .state import DEFAULT_STATE_DIR, StateStore
@@ -58,10 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:5555", metavar="HOST:PORT",
                    help="address to listen on (default 127.0.0.1:5555; 0.0.0.0:5555 for the network)")
     p.add_argument("--size", type=parse_size, default=(640, 480), metavar="WxH", help="main stream size")
-    p.add_argument("--fps", type=float, default=30.0, help="frame rate (0 = as fast as possible)")
+    p.add_argument("--fps", type=number_type(float, 0, finite=True), default=30.0, help="frame rate (0 = as fast as possible)")
     p.add_argument("--quality", type=int, default=80, help="JPEG quality 1-100")
     p.add_argument("--name", default=None, help="the agent's name shown to viewers (default: the hostname)")
-    p.add_argument("--max-viewers", type=int, default=64, metavar="N",
+    p.add_argument("--max-viewers", type=number_type(int, 1), default=64, metavar="N",
                    help="viewers served at once (default 64); more are refused with a 'busy' error and logged")
     p.add_argument("--no-announce", action="store_true",
                    help="do not announce the agent on the local network (mDNS/zeroconf)")
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, lambda *_: stop.set())
         agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality,
                       state_dir=args.state_dir, name=args.name, announce=not args.no_announce, security=security,
-                      max_viewers=max(1, args.max_viewers),
+                      max_viewers=args.max_viewers,
                       on_fatal=lambda reason: (fatal.append(reason), stop.set()))
         port = agent.start()
     except (ValueError, RuntimeError) as exc:
