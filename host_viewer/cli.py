@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from .calibration import WHAT, calibration_summary, progress_line, start_calibration
-from .client import AgentClient, BadFrame, CommandFailed
+from .client import CANNOT_RESOLVE, AgentClient, BadFrame, CommandFailed
 from .report import save_report
 from protocol.keys import key_arguments
 from protocol.options import LOG_LEVELS, number_type as _number
@@ -218,8 +218,8 @@ def wait_for_agent(client: AgentClient, timeout: float, stop: StopRequest | None
         if stop is not None and stop.is_set():
             return f"{stop.signal_name} while connecting to {client.address}"
         if time.monotonic() >= deadline:
-            return (f"no agent answered at {client.address} within {timeout:g} s "
-                    f"({connection.text}; is pi-agent running there?)")
+            why = connection.hint if connection.detail == CANNOT_RESOLVE else "is pi-agent running there?"
+            return f"no agent answered at {client.address} within {timeout:g} s ({connection.text}; {why})"
 
 
 def take_snapshot(client: AgentClient, directory: str, stop: StopRequest | None = None) -> dict:
