@@ -368,6 +368,11 @@ def run(argv: list[str] | None = None) -> int:
             from .app import ViewerApp
             from .calibration_ui import CalibrationKeys
 
+            if args.calibrate or args.snapshot:  # commands to send at start need the agent first
+                problem = wait_for_agent(clients[0], args.connect_timeout, stop)
+                if problem is not None:
+                    print(f"host-viewer: {problem}", file=sys.stderr)
+                    return 130 if stop.is_set() else 1
             app = ViewerApp(clients, save_dir=args.snapshot or args.save_dir, overlays=args.overlays)
             keys = CalibrationKeys(report_dir=args.report)
             keys.install(app)

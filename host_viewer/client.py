@@ -83,6 +83,7 @@ class ReceivedFrame:
     metadata: dict
     stats: dict
     offset_ns: int  # agent clock minus viewer clock, as estimated when it arrived
+    wire_bytes: int = 0  # size of the whole frame message (JPEG, metadata, statistics, envelope)
 
     def decode(self) -> np.ndarray:
         """The BGR image; raises BadFrame (a ValueError) when the JPEG is corrupt."""
@@ -150,12 +151,15 @@ class AgentClient(TypedCommands):
     def __init__(self, address: str, *, credit: int = 2, context: zmq.Context | None = None,
                  silence_timeout: float = 1.5, ping_interval: float = 0.5, security=None,
                  client_name: str = CLIENT_NAME, on_event: Callable[[Event], None] | None = None,
-                 config_dir=None):
+                 config_dir=None, adaptive_credit: bool = True, full_stats: bool = False):
         self.address = address
         host, port = parse_address(address)
         self.endpoint = tcp_endpoint(host, port)
         self.credit = max(1, credit)
-        self._governor = CreditGovernor(self.credit)  # fewer frames in flight while the link is the bottleneck
+        # The window follows the link's bandwidth-delay product (host_viewer/credit.py); `credit` is where it
+        # starts, and all it ever is with adaptive_credit=False.
+        self._governor = CreditGovernor(initial=self.credit, adaptive=adaptive_credit)
+        self._full_stats = full_stats  # ask for full statistics and metadata in every frame (≈ 2.5 kB more)
         self._frame_period_ms: float | None = None
         self._outstanding = 0  # credits granted and not yet used by a frame
         self._ctx = context or zmq.Context.instance()
@@ -202,6 +206,7 @@ class AgentClient(TypedCommands):
         self._connection = 0  # socket generation (I/O thread only)
         self._probes: dict[str, list[int]] = {}  # status probe id -> the commands it asks about (I/O thread)
         self._probe_ids = itertools.count(1)
+        self._handshake_done = False  # set by the socket monitor: say hello at once
 
     # lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> "AgentClient":
@@ -337,7 +342,7 @@ class AgentClient(TypedCommands):
                 self._pending.pop(pending.id, None)
 
     # the I/O thread ----------------------------------------------------------------------------------
-    def _make_socket(self) -> zmq.Socket:
+    def _make_socket(self, connect: bool = True) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, self._routing_id)
@@ -350,8 +355,18 @@ class AgentClient(TypedCommands):
         sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
         if self._security is not None:
             self._security.apply_client(sock)
-        sock.connect(self.endpoint)
+        if connect:
+            sock.connect(self.endpoint)
         return sock
+
+    def _open_connected(self) -> tuple[zmq.Socket, zmq.Socket]:
+        """The socket and its monitor, the monitor listening before the connection starts: a handshake
+        completed before the monitor's reader connects would be lost, and the first hello would wait for
+        its retry (issue 15: 255–297 ms to the first frame)."""
+        sock = self._make_socket(connect=False)
+        monitor = self._open_monitor(sock)
+        sock.connect(self.endpoint)
+        return sock, monitor
 
     def _open_monitor(self, sock: zmq.Socket) -> zmq.Socket:
         """Handshake outcomes from the socket monitor: the only way to learn that an agent refused us.
@@ -390,6 +405,7 @@ class AgentClient(TypedCommands):
                 continue
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._tcp_connected_at = None
+                self._handshake_done = True  # the first hello goes now, not after a retry interval
                 if self.state == "refused":
                     self._set_state("connecting")
                 continue
@@ -427,8 +443,7 @@ class AgentClient(TypedCommands):
             self._set_state("refused", detail, hint)
 
     def _run(self) -> None:
-        sock = self._make_socket()
-        monitor = self._open_monitor(sock)
+        sock, monitor = self._open_connected()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
@@ -436,14 +451,20 @@ class AgentClient(TypedCommands):
         last_heard = time.monotonic()
         next_ping = 0.0
         next_hello = 0.0
+        hello_sent = False
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if self.welcome is None or self.state != "connected":
+                    if self._handshake_done and not hello_sent:
+                        next_hello = now  # the connection is up: the hello that IMMEDIATE refused goes now
                     if now >= next_hello:
-                        self._send(sock, Hello(versions=[1], client=self._client_name, credit=self.credit,
-                                               capabilities=["credit", "ping"]))
-                        next_hello = now + 0.25
+                        hello_sent = self._send(sock, Hello(versions=[1], client=self._client_name,
+                                                            credit=self.credit, capabilities=self._capabilities()))
+                        # Sent but unanswered: again in 250 ms. Refused (no connection yet): again when the
+                        # socket monitor reports the handshake, or 5 ms after it did (the pipe attaches
+                        # an instant later).
+                        next_hello = now + (0.005 if self._handshake_done and not hello_sent else 0.25)
                     deadline = next_hello
                 else:
                     if now >= next_ping:
@@ -492,14 +513,14 @@ class AgentClient(TypedCommands):
                     poller.unregister(sock)
                     poller.unregister(monitor)
                     self._close_socket(sock, monitor)
-                    sock = self._make_socket()
+                    sock, monitor = self._open_connected()
                     self._connection += 1  # replies to what was sent before now come only by handover
-                    monitor = self._open_monitor(sock)
                     poller.register(sock, zmq.POLLIN)
                     poller.register(monitor, zmq.POLLIN)
                     last_heard = time.monotonic()
                     next_hello = 0.0
                     self._tcp_connected_at = None
+                    hello_sent = self._handshake_done = False
         finally:
             try:
                 sock.send(self._sequencer.encode(Bye(reason="viewer closing")), zmq.NOBLOCK)
@@ -556,13 +577,14 @@ class AgentClient(TypedCommands):
             return
         message = envelope.message
         if isinstance(message, Frame):
-            self._frame(sock, message, received_ns)
+            self._frame(sock, message, received_ns, len(data))
         elif isinstance(message, Pong):
             # Only an answer to a ping we sent counts, with an agent clock reading a monotonic clock can
             # give: a stray or forged pong must not move the clock offset (frame ages, command expiry).
             if message.t0 in self._pings_sent and 0 <= message.t1 < 2**63:
                 self._pings_sent.remove(message.t0)
                 self.clock.add(clock_sample(message.t0, message.t1, received_ns))
+                self._governor.on_rtt((received_ns - message.t0) / 1e6)
         elif isinstance(message, Welcome):
             # The welcome's envelope time gives a first clock estimate (hello → welcome round trip).
             self._agent_changed(message)
@@ -604,22 +626,30 @@ class AgentClient(TypedCommands):
         elif isinstance(message, Bye):
             self.state = "reconnecting"
 
+    def _capabilities(self) -> list[str]:
+        return ["credit", "ping"] + (["full_stats"] if self._full_stats else [])
+
     def _grant(self, sock: zmq.Socket, n: int) -> None:
         """Send `n` credits at once (the agent may then send the newest frame); count them as outstanding."""
         if n > 0 and self._send(sock, Credit(n=n)):
             self._outstanding += n
 
-    def _frame(self, sock: zmq.Socket, message: Frame, received_ns: int) -> None:
+    def _frame(self, sock: zmq.Socket, message: Frame, received_ns: int, wire_bytes: int = 0) -> None:
         arrival_age_ms = ((received_ns + self.clock.offset_ns - message.capture_ns) / 1e6
                           if self.clock.known else None)
         self._outstanding -= 1
-        credits = self._governor.on_frame(arrival_age_ms, self._frame_period_ms)
+        last = self._last_sequence
+        skipped = message.frame - last - 1 if last is not None and message.frame > last else 0
+        credits = self._governor.on_frame(arrival_age_ms, self._frame_period_ms, received_ns / 1e6, skipped)
         # Never let the window close: with no credit outstanding the agent would send nothing, ever again.
         self._grant(sock, max(credits, 1 - self._outstanding))
+        metadata = message.metadata
+        if "SensorTimestamp" not in metadata:  # compact frames leave it out: it is capture_ns
+            metadata["SensorTimestamp"] = message.capture_ns
         frame = ReceivedFrame(
             sequence=message.frame, capture_ns=message.capture_ns, received_ns=received_ns,
-            width=message.width, height=message.height, jpeg=message.jpeg, metadata=message.metadata,
-            stats=message.stats, offset_ns=self.clock.offset_ns,
+            width=message.width, height=message.height, jpeg=message.jpeg, metadata=metadata,
+            stats=message.stats, offset_ns=self.clock.offset_ns, wire_bytes=wire_bytes,
         )
         with self._frame_cond:
             if self._last_sequence is not None and frame.sequence > self._last_sequence + 1:

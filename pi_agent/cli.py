@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.quality <= 100:
         print("pi-agent: --quality must be between 1 and 100", file=sys.stderr)
         return 2
-    from .agent import Agent, raise_open_file_limit
+    from .agent import Agent, raise_open_file_limit, tune_allocator
+
+    tune_allocator()  # before the camera, encoder and ZeroMQ threads start
     from .security import InsecureListen, server_security
 
     if args.clear_calibration:

@@ -192,6 +192,8 @@ class CommandRouter:
             "uptime_s": round(time.monotonic() - ctx.started, 3),
             "frames_captured": pipeline.frames_captured,
             "frames_encoded": pipeline.frames_encoded,
+            "stream_stats": pipeline.stream_stats,  # frames whose stream statistics were computed (= encoded)
+            "frames_sent": ctx.extra.get("frames_sent", lambda: None)(),
             "fps": round(pipeline.fps, 2),
             "viewers": ctx.viewers(),
             "busy": ctx.lease.holder,

@@ -29,14 +29,15 @@ from protocol.limits import MAX_VIEWER_MESSAGE, SUPPORTED_VERSIONS
 
 from .commands import CommandRouter
 from .mailbox import Mailbox
+from .pipeline import Demand, EncodedFrame
 from .ratelog import RateLimitedLog
-from .pipeline import EncodedFrame
 
 log = logging.getLogger(__name__)
 
 MAX_CREDIT = 8
 MAX_SESSIONS = 64  # viewers served at once; more get a clear "busy" error (each costs a send per frame)
 MAX_COMMAND_ID_LEN = 64
+STALE_FRAME_S = 0.1  # an encoded frame older than this is not offered to a new or re-credited viewer
 BYE_LINGER_MS = 500  # how long a stopping agent waits for its `bye` messages to leave (bounded)
 
 
@@ -51,6 +52,7 @@ class Session:
     user: str = ""  # the viewer's CURVE public key when encryption is on
     address: str = ""  # the viewer's IP address (ZeroMQ's Peer-Address), for the log
     capabilities: list = field(default_factory=list)
+    full_stats: bool = False  # hello asked for full statistics and metadata in every frame
     # The session's own message numbering (1 = welcome, +1 per message to this viewer), so that a viewer
     # sees a gap when a message to it was dropped. Frames are encoded once for all viewers and carry the
     # camera frame number instead; `frames_sent` (echoed in each pong) lets a viewer count lost frames.
@@ -94,6 +96,7 @@ class AgentServer:
         session_timeout: float = 5.0,
         security=None,
         max_sessions: int = MAX_SESSIONS,
+        demand: Demand | None = None,
     ):
         self.host, self.port = parse_address(listen)
         self.router = router
@@ -113,6 +116,7 @@ class AgentServer:
         self._trims_left = 0
         self._security = security  # applies CURVE server options to the socket, or None for plain text
         self.mailbox = Mailbox()
+        self.demand = demand or Demand()  # what the capture thread may encode: kept current by this thread
         self.sessions: dict[bytes, Session] = {}
         self._latest: EncodedFrame | None = None
         self._thread: threading.Thread | None = None
@@ -211,6 +215,7 @@ class AgentServer:
                 if events.get(self.mailbox.fileno()):
                     for item in self.mailbox.drain():
                         self._guarded(self._handle_item, sock, item, what=f"a {item[0]!r} item")
+                self.demand.update(*self._wanted())
                 now = time.monotonic()
                 if now >= next_sweep:
                     self._guarded(self._forget_silent, now, what="the sweep of silent viewers")
@@ -246,8 +251,9 @@ class AgentServer:
             self._peer_address = _peer_address(parts[-1])
             if len(parts) != 2:
                 self.counters["bad_messages"] += 1
-                self._peer_log.warning(self._peer_address or parts[0].bytes, "dropped a message of %d parts from "
-                                       "%s (one identity and one body expected)", len(parts), self._name(parts[0].bytes))
+                self._peer_log.warning(self._peer_address or parts[0].bytes,
+                                       "dropped a message of %d parts from %s (one identity and one body expected)",
+                                       len(parts), self._name(parts[0].bytes))
                 if parts:
                     self._send(sock, parts[0].bytes, Error(id=None, code=ErrorCode.PROTOCOL,
                                message="a message must be exactly one ZeroMQ frame"))
@@ -281,7 +287,9 @@ class AgentServer:
             raise
         except Exception:
             self.counters["handler_errors"] += 1
-            log.exception("error while handling %s; the agent goes on", what)
+            # a peer that triggers the same bug with every message must not flood the log either
+            self._peer_log.log(logging.ERROR, ("handler", self._peer_address), "error while handling %s; the agent "
+                               "goes on", what, exc_info=True)
             return False
 
     def _handle_bytes(self, sock: zmq.Socket, identity: bytes, data, user: str) -> None:
@@ -340,6 +348,7 @@ class AgentServer:
         session = Session(
             identity=identity, client=hello.client[:80], credit=max(0, min(MAX_CREDIT, credit)),
             last_seen=time.monotonic(), user=user, capabilities=hello.capabilities[:32], address=self._peer_address,
+            full_stats="full_stats" in hello.capabilities[:32],
         )
         self.sessions[identity] = session
         self._peak_sessions = max(self._peak_sessions, len(self.sessions))
@@ -371,21 +380,36 @@ class AgentServer:
             self._latest = item[1]
             for session in list(self.sessions.values()):
                 self._offer_latest(sock, session)
+            self.demand.handled(*self._wanted())
         elif kind == "send":
             self._send(sock, item[1], item[2])
         elif kind == "broadcast":
             for identity in list(self.sessions):
                 self._send(sock, identity, item[1])
 
+    def _wanted(self) -> tuple[int, bool]:
+        """(the largest credit a session holds, whether a session with credit wants full statistics)."""
+        credit, full = 0, False
+        for session in self.sessions.values():
+            if session.credit > 0:
+                credit = max(credit, session.credit)
+                full = full or session.full_stats
+        return credit, full
+
     def _offer_latest(self, sock: zmq.Socket, session: Session) -> None:
         frame = self._latest
         if frame is None or session.credit <= 0 or session.sent_sequence >= frame.sequence:
             return
+        if time.monotonic() - frame.encoded_at > STALE_FRAME_S:
+            return  # encoded before a pause in demand: the capture thread encodes a fresh one for this credit
         if self.sessions.get(session.identity) is not session:
             return  # forgotten (or replaced by a new hello) since the caller looked it up
         if session.sent_sequence >= 0 and frame.sequence > session.sent_sequence + 1:
             self.counters["frames_skipped"] += frame.sequence - session.sent_sequence - 1
-        if self._send_bytes(sock, session.identity, frame.payload):
+        if session.full_stats and frame.payload_full is None:
+            return  # packed before this viewer asked for full statistics: the next frame will carry them
+        payload = frame.payload_full if session.full_stats else frame.payload
+        if self._send_bytes(sock, session.identity, payload):
             session.credit -= 1
             session.sent_sequence = frame.sequence
             session.frames_sent += 1
@@ -422,10 +446,13 @@ class AgentServer:
         Each session's frames queued in ZeroMQ (up to MAX_CREDIT JPEGs, plus kernel buffers) are freed when
         its connection closes, but glibc keeps freed heap, most of it in the arenas of libzmq's I/O threads:
         1,000 non-reading viewers left the agent 50-110 MB larger for good. malloc_trim(0) returns free
-        pages of every arena. Runs twice, 10 s apart, after the number of sessions fell by 8 or more."""
+        pages of every arena. Runs every 10 s for a minute after the number of sessions fell by 8 or more
+        (a few ms each)."""
         if self._peak_sessions - len(self.sessions) >= 8:
             self._peak_sessions = len(self.sessions)
-            self._trims_left = 2  # now, and once more when the last connections have closed
+            # A forgotten session's connection may close much later (a silent viewer is forgotten after
+            # session_timeout, its socket closed whenever it goes): keep trimming for a minute.
+            self._trims_left = 6
         if self._trims_left <= 0 or now - self._last_trim < 10.0:
             return
         self._trims_left -= 1

@@ -409,9 +409,23 @@ def wait_frames(viewer: Peer, count: int, timeout: float = 10.0) -> list[dict]:
     return got
 
 
+def test_a_compact_frame_message_is_as_specified(peer, agent):
+    """The default: the stream's metadata keys and compact statistics (docs/protocol.md, "frame")."""
+    viewer = peer()
+    viewer.hello(credit=1)
+    frame = wait_frames(viewer, 1)[0]
+    assert set(frame["metadata"]) <= {"ExposureTime", "AnalogueGain", "ColourGains", "FrameDuration", "AeEnable",
+                                      "AwbEnable"} and "ExposureTime" in frame["metadata"]
+    stats = frame["stats"]
+    dtype, shape = array(stats["hist"])
+    assert dtype == "|u1" and shape == [4, 32] and max(stats["hist"]["data"]) == 255
+    assert all(type(v) is int for v in stats["mean"] + stats["level"]) and len(stats["clipped"]) == 4
+    assert "channels" not in stats and type(stats["sample_step"]) is int
+
+
 def test_a_frame_message_is_as_specified(peer, agent):
     viewer = peer()
-    welcome = viewer.hello(credit=1)
+    welcome = viewer.hello(credit=1, capabilities=["full_stats"])  # every metadata key, full statistics
     frame = wait_frames(viewer, 1)[0]
     assert type(frame["frame"]) is int and type(frame["capture_ns"]) is int
     assert (frame["width"], frame["height"]) == (320, 240)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from host_viewer.client import CommandFailed
 from pi_agent.camera.requested import merge_requested, restore_command
 from pi_agent.camera.sim import SimulatedCamera
 
@@ -122,12 +123,10 @@ def test_cancelled_calibration_puts_the_requested_auto_set_back_exactly(start_ag
     client = connect(agent)
     before = client.command("get_controls")["controls"]
     assert before == {"AeEnable": True, "AwbEnable": True}
-    seen = []
-    pending = client.send_command("calibrate", {"what": "exposure"}, ttl=60, on_progress=seen.append)
-    wait_until(lambda: seen and camera._ae_exposure is False, timeout=10, message="calibration took over")
-    client.command("cancel")
-    with pytest.raises(Exception):
-        pending.future.result(timeout=30)
+    pending = cancel_at_first_progress(client, "calibrate", {"what": "exposure"})
+    with pytest.raises(CommandFailed) as cancelled:
+        pending.future.result(timeout=60)
+    assert cancelled.value.code == "cancelled"
     assert client.command("get_controls")["controls"] == before
     assert camera._ae_exposure and camera._ae_gain and camera._awb
     wait_until(lambda: client.latest().metadata["AeEnable"] is True, timeout=5, message="stream back in auto")
@@ -145,3 +144,16 @@ def test_clear_calibration_puts_the_requested_set_back_as_before_the_calibration
     client.command("clear_calibration")
     assert client.command("get_controls")["controls"] == before
     assert camera._ae_exposure and camera._ae_gain and not camera._awb
+
+
+def cancel_at_first_progress(client, name: str, args: dict):
+    """Start a long command and cancel it as soon as its first progress event arrives (from the client's I/O
+    thread, so the cancel does not race the command's end on a slow machine); returns the pending command."""
+    state = {"sent": False}
+
+    def on_progress(_progress) -> None:
+        if not state["sent"]:
+            state["sent"] = True
+            client.send_command("cancel", {}, ttl=30)
+
+    return client.send_command(name, args, ttl=120, on_progress=on_progress)

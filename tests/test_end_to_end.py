@@ -16,6 +16,7 @@ import zmq
 
 import protocol as p
 from host_viewer.client import CommandFailed
+from pi_agent.stats import sample_step
 
 from .conftest import wait_until
 
@@ -35,7 +36,7 @@ def collect(client, count: int, timeout: float = 10.0):
 
 def test_two_viewers_receive_decodable_frames_with_rising_sequence(start_agent, connect):
     agent = start_agent(size=(320, 240))
-    a, b = connect(agent), connect(agent)
+    a, b = connect(agent), connect(agent, full_stats=True)  # compact statistics (the default), full ones
     assert a.welcome.sensor["model"] == "imx219" and a.welcome.sensor["black_level"] == 64
     for client in (a, b):
         frames = collect(client, 15)
@@ -46,10 +47,17 @@ def test_two_viewers_receive_decodable_frames_with_rising_sequence(start_agent, 
         assert image.shape == (240, 320, 3) and image.dtype == np.uint8
         assert image.std() > 5  # a real picture, not a blank
         stats = frames[-1].stats
-        assert stats["channels"] == ["R", "Gr", "Gb", "B"] and stats["black_level"] == 64
+        assert stats["black_level"] == 64 and stats["white_level"] == 1023
         hist = frames[-1].histograms()
         step = stats["sample_step"]  # every step-th 2×2 cell of the 1640x1232 mode, across and down
-        assert step == 4 and hist.shape == (4, 256) and hist.sum() == -(-616 // step) * -(-820 // step) * 4
+        assert step == sample_step((1232, 1640))  # every step-th cell of the 1640x1232 mode (4)
+        if client is b:
+            assert stats["channels"] == ["R", "Gr", "Gb", "B"]
+            assert hist.shape == (4, 256) and hist.sum() == -(-616 // step) * -(-820 // step) * 4
+            assert "ScalerCrop" in frames[-1].metadata
+        else:  # one byte per bin, the fullest bin 255, every occupied bin non-zero
+            assert hist.shape == (4, 32) and hist.dtype == np.uint8 and hist.max() == 255
+            assert "channels" not in stats and "ScalerCrop" not in frames[-1].metadata
         assert "ExposureTime" in frames[-1].metadata and "SensorTimestamp" in frames[-1].metadata
     # each frame is encoded once however many viewers there are
     assert agent.server.counters["frames_sent"] >= 30
@@ -62,7 +70,7 @@ def test_listeners_get_every_pixel_while_the_stream_carries_a_sample(start_agent
     agent = start_agent()
     client = connect(agent)
     before = client.wait_frame(timeout=10)
-    assert before.stats["sample_step"] == 4
+    assert before.stats["sample_step"] == sample_step((1232, 1640))
     seen = []
 
     def listener(frame, stats):
@@ -76,7 +84,7 @@ def test_listeners_get_every_pixel_while_the_stream_carries_a_sample(start_agent
     for size, stats, _ in seen:
         assert stats.sample_step == 1 and stats.pixels.sum() == size == 1640 * 1232
     after = client.wait_frame(timeout=10, newer_than=seen[-1][2] + 2)  # captured after the listener left
-    assert after.stats["sample_step"] == 4
+    assert after.stats["sample_step"] == sample_step((1232, 1640))
 
 
 def test_slow_viewer_sees_fresh_frames_while_the_other_keeps_full_rate(start_agent, connect):

@@ -21,6 +21,7 @@ from pi_agent.camera.picamera2_backend import Picamera2Camera
 from pi_agent.camera.sensors import get_sensor
 
 from .conftest import wait_until
+from .test_controls_in_force import cancel_at_first_progress
 
 MANUAL = {"AeEnable": False, "AwbEnable": False, "ExposureTime": 4000, "AnalogueGain": 2.0, "ColourGains": (1.7, 1.4)}
 
@@ -85,12 +86,10 @@ def test_agent_snapshot_after_auto_back_on_is_in_auto_and_cancel_restores_exactl
     wait_until(lambda: abs(client.latest().metadata["ExposureTime"] - 4000) > 200, timeout=10,
                message="the stream's exposure under AGC again")
     # a cancelled calibration puts the requested set back exactly (no ExposureTime next to AeEnable=true)
-    seen = []
-    pending = client.send_command("calibrate", {"what": "exposure"}, ttl=60, on_progress=seen.append)
-    wait_until(lambda: seen and not pi.pipeline(0).exposure_auto, timeout=20, message="calibration took over")
-    client.command("cancel")
-    with pytest.raises(CommandFailed):
-        pending.future.result(timeout=30)
+    pending = cancel_at_first_progress(client, "calibrate", {"what": "exposure"})
+    with pytest.raises(CommandFailed) as cancelled:
+        pending.future.result(timeout=60)
+    assert cancelled.value.code == "cancelled"
     assert client.command("get_controls")["controls"] == {"AeEnable": True, "AwbEnable": True}
     wait_until(lambda: _in_auto(pi.pipeline(0)), timeout=10, message="camera back in auto")
 

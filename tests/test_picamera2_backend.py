@@ -470,7 +470,7 @@ def test_the_backend_clears_a_timed_out_job_so_close_does_not_hang(picamera2_cam
 def test_the_agent_streams_end_to_end_over_the_real_picamera2(simulated_pi, start_agent, connect):
     pi = simulated_pi(["imx219"], "vc4")
     agent = start_agent(camera=Picamera2Camera(picamera2_module=pi.picamera2), size=(320, 240), fps=30.0)
-    client = connect(agent)
+    client = connect(agent, full_stats=True)  # every metadata key in each frame
     frame = client.wait_frame(timeout=60)
     image = frame.decode()
     assert image.shape == (240, 320, 3) and image.std() > 5

@@ -42,7 +42,7 @@ def test_gain_never_exceeds_request(name, gain):
     s = get_sensor(name)
     q = s.quantise_gain(gain)
     assert s.gain_min - 1e-9 <= q <= s.gain_max + 1e-9
-    if gain >= s.gain_min:
+    if gain >= s.quantise_gain(s.gain_min):  # the smallest code may exceed gain_min (IMX708: 1.1203 for 1.12)
         assert q <= gain + 1e-9
     assert s.quantise_gain(q) == pytest.approx(q)  # idempotent
 

@@ -102,6 +102,7 @@ def test_recent_items_iterated_while_appended(fast_switching):
 
 def test_connection_state_is_read_whole(fast_switching):
     client = AgentClient("127.0.0.1:9")  # never started: only its state is exercised
+    client._set_state("connected")  # before any reader runs (a reader may start before the writer)
     flips = [0]
     valid = {"connected", "refused: not authorised"}
 

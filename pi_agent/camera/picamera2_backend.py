@@ -199,7 +199,6 @@ class Picamera2Camera(CameraBackend):
         self._properties = dict(cam.camera_properties)
         self._model = str(self._properties.get("Model", "unknown"))
         self._sensor_modes = cam.sensor_modes  # cached before start(): reading it configures every mode
-        self._camera_sensor = self._sensor_from_camera()
         log.info("opened camera %d: %s (rotation %s)", self._camera_num, self._model, self._properties.get("Rotation"))
 
     def _open_error(self, exc: Exception, tuning) -> str:
@@ -254,6 +253,15 @@ class Picamera2Camera(CameraBackend):
             return True
         return any(parse_raw_format(str(m["unpacked"])).bayer_order == MONO for m in self._sensor_modes[:1])
 
+    @property
+    def _camera_sensor(self) -> SensorInfo:
+        """`_sensor_from_camera()` for the sensor_modes read at the last open, computed once per open."""
+        key = id(self._sensor_modes)
+        cached = getattr(self, "_camera_sensor_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._camera_sensor_cache = (key, self._sensor_from_camera())
+        return cached[1]
+
     def _sensor_from_camera(self) -> SensorInfo:
         """The sensor as this camera lists it: its modes (size, depth, fps, crop) from picamera2's
         `sensor_modes` and its pixel array from camera_properties, over the table's facts for the model (black
@@ -273,8 +281,10 @@ class Picamera2Camera(CameraBackend):
         full = tuple(self._properties.get("PixelArraySize") or max((m.size for m in modes), key=lambda s: s[0] * s[1]))
         return dataclasses.replace(base, modes=tuple(modes), full_array=(int(full[0]), int(full[1])))
 
-    def _generic_sensor(self, mono: bool) -> SensorInfo:
-        """Facts for a sensor missing from the table, from what the camera reports (estimates where it is silent)."""
+    def _generic_sensor(self, mono: bool | None = None) -> SensorInfo:
+        """Facts for a sensor missing from the table, from what the camera reports (estimates where it is silent);
+        `mono` defaults to what the camera says (`is_mono`)."""
+        mono = self.is_mono if mono is None else mono
         modes = tuple(
             _mode(tuple(m["size"]), int(m["bit_depth"]), float(m["fps"]), tuple(m["crop_limits"]), 1)
             for m in self._sensor_modes

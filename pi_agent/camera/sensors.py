@@ -9,6 +9,7 @@ read noise of IMX219/IMX708/OV5647, line times) the value is a documented, reali
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -205,6 +206,15 @@ def _mode(size, bits, fps, crop, binning, vblank_lines: int = 32, line_time_us: 
     return SensorMode(tuple(size), bits, fps, tuple(crop), binning, round(line_time, 4))
 
 
+_IMX296 = SensorInfo(
+    model="imx296", bayer_order="RGGB", bit_depth=10, black_level=60, target_white_level=700,
+    full_array=(1456, 1088),
+    modes=(_mode((1456, 1088), 10, 60.38, (0, 0, 1456, 1088), 1, line_time_us=550 / 37.125),),
+    exposure_delay=2, gain_delay=2, vblank_delay=2, gain_min=1.0, gain_max=10 ** (239 / 200),
+    full_well_e=10000.0, read_noise_e=2.2, exposure_min_us=29.0, unit_cell_nm=3450,
+    gain_code=("log", 200, 239), exposure_max_us=15_534_385.0,
+)
+
 SENSORS: dict[str, SensorInfo] = {
     "imx219": SensorInfo(
         model="imx219", bayer_order="BGGR", bit_depth=10, black_level=64, target_white_level=700,
@@ -267,22 +277,8 @@ SENSORS: dict[str, SensorInfo] = {
     # Shutter Camera); OV9281 1280x800 10-bit — the Linux ov9282 driver's full mode; its maximum rate, the
     # 640x400 binned mode and the gain code ceiling (0xf8 → 15.5) are estimates, as are full wells and read
     # noise of both (no published figures).
-    "imx296": SensorInfo(
-        model="imx296", bayer_order="RGGB", bit_depth=10, black_level=60, target_white_level=700,
-        full_array=(1456, 1088),
-        modes=(_mode((1456, 1088), 10, 60.38, (0, 0, 1456, 1088), 1, line_time_us=550 / 37.125),),
-        exposure_delay=2, gain_delay=2, vblank_delay=2, gain_min=1.0, gain_max=10 ** (239 / 200),
-        full_well_e=10000.0, read_noise_e=2.2, exposure_min_us=29.0, unit_cell_nm=3450,
-        gain_code=("log", 200, 239), exposure_max_us=15_534_385.0,
-    ),
-    "imx296_mono": SensorInfo(
-        model="imx296", bayer_order=MONO, bit_depth=10, black_level=60, target_white_level=700,
-        full_array=(1456, 1088),
-        modes=(_mode((1456, 1088), 10, 60.38, (0, 0, 1456, 1088), 1, line_time_us=550 / 37.125),),
-        exposure_delay=2, gain_delay=2, vblank_delay=2, gain_min=1.0, gain_max=10 ** (239 / 200),
-        full_well_e=10000.0, read_noise_e=2.2, exposure_min_us=29.0, unit_cell_nm=3450,
-        gain_code=("log", 200, 239), exposure_max_us=15_534_385.0,
-    ),
+    "imx296": _IMX296,
+    "imx296_mono": dataclasses.replace(_IMX296, bayer_order=MONO),  # same sensor without the colour filter
     "ov9281": SensorInfo(
         model="ov9281", bayer_order=MONO, bit_depth=10, black_level=64, target_white_level=700,
         full_array=(1280, 800),

@@ -63,7 +63,9 @@ class Machine:
         if platform not in TARGETS:
             raise ValueError(f"platform must be 'vc4' (Pi 4) or 'pisp' (Pi 5), got {platform!r}")
         # a CameraModule may come from this file imported under another name (tests.fakes.libcamera._machine)
-        self.cameras = [CameraModule(sensor=c) if isinstance(c, str) else CameraModule(**{f.name: getattr(c, f.name) for f in dataclasses.fields(c)})
+        # (fields copied one level deep: a SensorInfo given as `sensor` stays a SensorInfo, which asdict would not)
+        self.cameras = [CameraModule(sensor=c) if isinstance(c, str)
+                        else CameraModule(**{f.name: getattr(c, f.name) for f in dataclasses.fields(c)})
                         for c in cameras]
         self.platform = platform
         self.target = TARGETS[platform]
