@@ -451,13 +451,13 @@ def taskset(cpu: str) -> list[str]:
 def run_group(method: str, replay: Path, size, *, fps: float, duration: float, warmup: float, quality: int,
               receivers: list[dict], role: str = "sender", sender_prefix: list[str] | None = None,
               host: str = "127.0.0.1", connect: tuple[str, int] | None = None, env: dict | None = None,
-              port: int | None = None) -> dict:
+              port: int | None = None, lead: float = 3.0) -> dict:
     """One measurement: a sender (or agent-only role) and any number of receivers, in separate processes.
 
     receivers: [{"role": "receiver", "prefix": [...], "args": [...]}]; `connect` = (host, port) receivers
     use instead of the sender's (a shaper in between)."""
     port = port or free_port()
-    start = time.monotonic() + 3.0 + warmup  # imports and connection first
+    start = time.monotonic() + lead + warmup  # imports and connection first (`lead` s)
     common = ["--method", method, "--replay", str(replay), "--size", str(size[0]), str(size[1]),
               "--fps", str(fps), "--quality", str(quality), "--start", repr(start), "--duration", str(duration)]
     script = [sys.executable, str(Path(__file__).resolve())]
