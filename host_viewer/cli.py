@@ -12,7 +12,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from .calibration import WHAT, calibration_summary, progress_line, start_calibration
+from .calibration import WHAT, calibration_summary, failure_summary, progress_line, start_calibration
 from .client import CANNOT_RESOLVE, AgentClient, BadFrame, CommandFailed
 from .report import save_report
 from protocol.keys import key_arguments
@@ -390,7 +390,9 @@ def run(argv: list[str] | None = None) -> int:
             calibration = keys.last_result
         if stop.is_set():
             summary["stopped_by"] = stop.signal_name
-    if calibration:
+    if failure and args.calibrate:
+        summary["calibration"] = failure_summary(failure, calibration)
+    elif calibration:
         summary["calibration"] = calibration_summary(calibration)
         if args.report and "lens_shading" in calibration and "luminance" in calibration["lens_shading"]:
             path = save_report(calibration["lens_shading"], args.report)
