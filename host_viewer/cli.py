@@ -16,6 +16,7 @@ from .calibration import WHAT, calibration_summary, progress_line, start_calibra
 from .client import AgentClient, BadFrame, CommandFailed
 from .report import save_report
 from protocol.keys import key_arguments
+from protocol.options import LOG_LEVELS, number_type as _number
 
 from .session import ViewingSession
 from .stopping import StopRequest
@@ -23,21 +24,6 @@ from .stopping import StopRequest
 log = logging.getLogger("host_viewer")
 
 MAX_CREDIT = 8  # the agent holds a viewer's credit to at most 8 frames in flight (pi_agent/server.py)
-
-
-def _number(kind, low, *, above: bool = False, high=None, what: str = ""):
-    """An argparse type: `kind` (int or float) ≥ `low` (> `low` when `above`) and ≤ `high` when given."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
-        if value != value or (value <= low if above else value < low) or (high is not None and value > high):
-            bound = f"more than {low:g}" if above else f"at least {low:g}"
-            raise argparse.ArgumentTypeError(f"{text} must be {bound}{f' and at most {high:g}' if high else ''}"
-                                             f"{f' ({what})' if what else ''}")
-        return value
-    return parse
 
 
 def overlay_list(text: str) -> list[str]:
@@ -80,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'all' or 'none'")
     p.add_argument("--list", action="store_true", help="list the agents found on the local network and exit")
     p.add_argument("--discover-timeout", type=_number(float, 0, above=True), default=2.0, metavar="S", help="how long to browse (mDNS)")
-    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--log-level", default="WARNING", type=str.upper, choices=LOG_LEVELS)
     sec = p.add_argument_group("security (see `host-viewer keys`)")
     sec.add_argument("--agent-key", metavar="KEY", help="the agent's public key (`pi-agent keys` on the Pi); "
                                                         "default: from known_agents")
@@ -170,8 +156,23 @@ def run_calibration(client: AgentClient, args, session: ViewingSession,
     pending = start_calibration(client, args.calibrate, target=args.target,
                                 on_progress=lambda p: print(progress_line(p), file=sys.stderr, flush=True))
     last = None
+    # Bound (issue 17.5): the client settles the command by its expiry when the agent is unreachable; an agent
+    # still working past it is asked to cancel, so a headless --calibrate always ends.
+    give_up = pending.deadline + CANCEL_WAIT_S
     while not pending.future.done():
-        if stop is not None and stop.is_set():
+        overdue = time.monotonic() > give_up
+        if overdue or (stop is not None and stop.is_set()):
+            if overdue:
+                print("host-viewer: the calibration ran past its expiry: cancelling it on the agent", file=sys.stderr)
+                client.send_command("cancel", {"id": pending.id}, ttl=CANCEL_WAIT_S)
+                try:
+                    pending.future.exception(timeout=CANCEL_WAIT_S)
+                except TimeoutError:
+                    pass
+                if not pending.future.done():
+                    return None, (f"timeout: no result from {client.address} within the command's expiry "
+                                  f"(+{CANCEL_WAIT_S:g} s) and no answer to cancel")
+                break
             print(f"host-viewer: {stop.signal_name}: cancelling the calibration on the agent", file=sys.stderr)
             client.send_command("cancel", {"id": pending.id}, ttl=CANCEL_WAIT_S)
             try:
@@ -368,6 +369,11 @@ def run(argv: list[str] | None = None) -> int:
             from .app import ViewerApp
             from .calibration_ui import CalibrationKeys
 
+            if args.calibrate or args.snapshot:  # commands to send at start need the agent first
+                problem = wait_for_agent(clients[0], args.connect_timeout, stop)
+                if problem is not None:
+                    print(f"host-viewer: {problem}", file=sys.stderr)
+                    return 130 if stop.is_set() else 1
             app = ViewerApp(clients, save_dir=args.snapshot or args.save_dir, overlays=args.overlays)
             keys = CalibrationKeys(report_dir=args.report)
             keys.install(app)

@@ -717,6 +717,12 @@ class AgentClient(TypedCommands):
                                f"no reply to {p.name} by its expiry: if it reached {self.address} its reply was "
                                f"lost (link outage?), otherwise it did not run")
                 continue
+            if not connected and now > p.deadline:  # issue 17.5: its fate is known by its expiry
+                self._fail(p.id, "unreachable",
+                           f"{p.name} was still running when the link to {self.address} went down, and the agent "
+                           f"stayed unreachable past the command's expiry: its outcome is unknown (is pi-agent "
+                           f"still running there?)")
+                continue
             if p.connection == self._connection or not connected:
                 continue
             if p.finished_at is not None and now - p.finished_at > LOST_AFTER_IDLE_S:

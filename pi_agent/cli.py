@@ -13,6 +13,7 @@ import sys
 import threading
 
 from protocol.keys import key_arguments, quoted_key
+from protocol.options import LOG_LEVELS, number_type
 
 from .camera.factory import CAMERA_CHOICES, check_camera_kind, make_camera
 from .state import DEFAULT_STATE_DIR, StateStore
@@ -57,10 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:5555", metavar="HOST:PORT",
                    help="address to listen on (default 127.0.0.1:5555; 0.0.0.0:5555 for the network)")
     p.add_argument("--size", type=parse_size, default=(640, 480), metavar="WxH", help="main stream size")
-    p.add_argument("--fps", type=float, default=30.0, help="frame rate (0 = as fast as possible)")
+    p.add_argument("--fps", type=number_type(float, 0, finite=True), default=30.0, help="frame rate (0 = as fast as possible)")
     p.add_argument("--quality", type=int, default=80, help="JPEG quality 1-100")
     p.add_argument("--name", default=None, help="the agent's name shown to viewers (default: the hostname)")
-    p.add_argument("--max-viewers", type=int, default=64, metavar="N",
+    p.add_argument("--max-viewers", type=number_type(int, 1), default=64, metavar="N",
                    help="viewers served at once (default 64); more are refused with a 'busy' error and logged")
     p.add_argument("--no-announce", action="store_true",
                    help="do not announce the agent on the local network (mDNS/zeroconf)")
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"where the calibration is kept and reloaded at start (default {DEFAULT_STATE_DIR})")
     p.add_argument("--clear-calibration", action="store_true",
                    help="forget the saved calibration (and exported tuning) before starting")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     sec = p.add_argument_group("security (see `pi-agent keys` and `pi-agent authorize`)")
     sec.add_argument("--secure", action="store_true",
                      help="encrypt (CURVE) and admit only authorised viewers, also on loopback; the default "
@@ -141,6 +142,17 @@ def authorize_main(argv: list[str]) -> int:
     return 0
 
 
+def startup_checks(args: argparse.Namespace):
+    """The checks on parsed options that need no camera and no socket; run at start and by `service install`
+    (so a unit is never written that can only fail). Returns the CURVE server security (None: plain text).
+    Raises ValueError (InsecureListen is one) or OSError with the sentence to show."""
+    from .security import server_security
+
+    if not 1 <= args.quality <= 100:
+        raise ValueError("--quality must be between 1 and 100")
+    return server_security(args.listen, secure=args.secure, insecure=args.insecure, config_dir=args.config_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     argv = key_arguments(argv)  # `pi-agent authorize -KEY...`: a key starting with '-' is a key, not an option
@@ -154,12 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         return authorize_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not 1 <= args.quality <= 100:
-        print("pi-agent: --quality must be between 1 and 100", file=sys.stderr)
+    try:
+        security = startup_checks(args)
+    except (OSError, ValueError) as exc:
+        print(f"pi-agent: {exc}", file=sys.stderr)
         return 2
-    from .agent import Agent, raise_open_file_limit
-    from .security import InsecureListen, server_security
+    from .agent import Agent, raise_open_file_limit, tune_allocator
 
+    tune_allocator()  # before the camera, encoder and ZeroMQ threads start
     if args.clear_calibration:
         try:
             removed = StateStore(args.state_dir).clear()
@@ -167,12 +181,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pi-agent: --clear-calibration: cannot remove the saved calibration: {exc}", file=sys.stderr)
             return 2
         log.info("calibration %s", f"cleared from {args.state_dir}" if removed else "was not saved; nothing to clear")
-    try:
-        security = server_security(args.listen, secure=args.secure, insecure=args.insecure,
-                                   config_dir=args.config_dir)
-    except (InsecureListen, OSError, ValueError) as exc:
-        print(f"pi-agent: {exc}", file=sys.stderr)
-        return 2
     try:
         camera = make_camera(args.camera, sensor=args.sensor, scene=args.scene,
                              colour_temperature=args.colour_temperature, seed=args.seed)
@@ -186,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, lambda *_: stop.set())
         agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality,
                       state_dir=args.state_dir, name=args.name, announce=not args.no_announce, security=security,
-                      max_viewers=max(1, args.max_viewers),
+                      max_viewers=args.max_viewers,
                       on_fatal=lambda reason: (fatal.append(reason), stop.set()))
         port = agent.start()
     except (ValueError, RuntimeError) as exc:

@@ -10,10 +10,25 @@ from typing import Any
 
 from protocol import ErrorCode
 
+from .camera.sensors import SENSORS
 from .camera.requested import AUTO_OVERRIDES, in_force, merge_requested, restore_command  # noqa: F401 - re-exported
 from .errors import CommandError
 
 SETTABLE = ("ExposureTime", "AnalogueGain", "ColourGains", "AeEnable", "AwbEnable")
+# Bounds that hold whatever the camera (a saved file is checked before any camera is open): the longest
+# exposure of any sensor modelled here; and no manual value of 0, which libcamera reads as "automatic"
+# (ipa_base.cpp: AWB goes manual only for non-zero ColourGains) and would silently change the mode.
+MAX_EXPOSURE_US = max(info.exposure_max_us for info in SENSORS.values())
+_AUTO_HINT = {"ExposureTime": "AeEnable", "AnalogueGain": "AeEnable", "ColourGains": "AwbEnable"}
+
+
+def _manual(name: str, value: float) -> None:
+    if value <= 0:
+        raise CommandError(ErrorCode.OUT_OF_RANGE, f"{name} {value:g} must be above 0 (0 would mean automatic in "
+                                                   f"libcamera; send {_AUTO_HINT[name]} true for that)")
+    if name == "ExposureTime" and value > MAX_EXPOSURE_US:
+        raise CommandError(ErrorCode.OUT_OF_RANGE,
+                           f"ExposureTime {value:g} µs is longer than any camera exposes ({MAX_EXPOSURE_US:.0f} µs)")
 
 
 def _number(name: str, value: Any, integer: bool) -> float:
@@ -52,16 +67,19 @@ def validate_controls(requested: Any, ranges: dict[str, tuple]) -> dict[str, Any
                 ErrorCode.BAD_ARGUMENT, f"unknown or read-only control {str(name)[:40]!r}; settable: {', '.join(SETTABLE)}"
             )
         if name == "ExposureTime":
-            value = int(_number(name, value, integer=True))
+            _manual(name, _number(name, value, integer=True))
+            value = int(value)
             _in_range(name, value, ranges, " µs")
         elif name == "AnalogueGain":
             value = float(_number(name, value, integer=False))
+            _manual(name, value)
             _in_range(name, value, ranges)
         elif name == "ColourGains":
             if not isinstance(value, (list, tuple)) or len(value) != 2:
                 raise CommandError(ErrorCode.BAD_ARGUMENT, "ColourGains must be a pair [red_gain, blue_gain]")
             value = tuple(float(_number(name, v, integer=False)) for v in value)
             for v in value:
+                _manual(name, v)
                 _in_range(name, v, ranges)
         else:  # AeEnable, AwbEnable
             if not isinstance(value, bool):

@@ -45,7 +45,6 @@ from .calibration.lens_shading import (average_white, fit_gains, full_field_sour
 from .calibration.white_balance import calibrate_white_balance
 from .camera.base import CameraError, LensShadingTable
 from .camera.picamera2_backend import Picamera2Camera, _fresh_camera_manager
-from .camera.sensors import SENSORS
 from .camera.tuning import GRIDS, MAX_GAIN
 
 log = logging.getLogger(__name__)
@@ -77,28 +76,51 @@ IMX477_SENSOR_INFO = SensorInfo(sensor_model="imx477", unpacked_pixel_format="SB
                                 default_target_white_level=1600, short_pause=0.2, long_pause=1.0)
 
 
+class _OwnPicamera2:
+    """Stands for the Picamera2 class inside the backend: "opening a camera" hands back the caller's object,
+    re-initialised with the new tuning when the backend closed it to reload the tuning. Everything else
+    (the class's _cm, load_tuning_file, ...) is the real class's."""
+
+    def __init__(self, cls, obj):
+        object.__setattr__(self, "_cls", cls)
+        object.__setattr__(self, "_obj", obj)
+
+    def __call__(self, camera_num: int = 0, tuning=None):
+        obj = self._obj
+        if not getattr(obj, "is_open", False):
+            obj.__init__(camera_num, tuning=tuning)  # the same object, opened afresh (picamera2 __init__)
+        return obj
+
+    def __getattr__(self, name):
+        return getattr(self._cls, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._cls, name, value)
+
+    def __delattr__(self, name):
+        delattr(self._cls, name)
+
+
+class _OwnModule:
+    """The picamera2 module as the backend sees it: Picamera2 is _OwnPicamera2 around the caller's object."""
+
+    def __init__(self, module, obj):
+        self._module = module
+        self.Picamera2 = _OwnPicamera2(module.Picamera2, obj)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
 class _UserCamera(Picamera2Camera):
     """picamlink's Picamera2 backend driving the caller's own Picamera2 object: reopening it (for a new tuning)
     re-initialises that same object, so the caller's variable stays the camera in use."""
 
     def __init__(self, picam2, module):
-        self._user = picam2
         if getattr(picam2, "started", False):
             picam2.stop()  # sensor_modes (read when opening) configures every mode: not while started
         self._white: tuple[np.ndarray, Any] | None = None  # the last white target averaged by lst_from_camera
-        super().__init__(camera_num=int(getattr(picam2, "camera_idx", 0)), picamera2_module=module)
-
-    def _open(self, tuning) -> None:
-        cam = self._user
-        if not getattr(cam, "is_open", False):
-            try:
-                cam.__init__(self._camera_num, tuning=tuning)
-            except (IndexError, RuntimeError) as exc:
-                raise CameraError(self._open_error(exc, tuning)) from exc.with_traceback(None)
-        self._cam = cam
-        self._properties = dict(cam.camera_properties)
-        self._model = str(self._properties.get("Model", "unknown"))
-        self._sensor_modes = cam.sensor_modes
+        super().__init__(camera_num=int(getattr(picam2, "camera_idx", 0)), picamera2_module=_OwnModule(module, picam2))
 
 
 _BACKENDS: "weakref.WeakKeyDictionary[Any, _UserCamera]" = weakref.WeakKeyDictionary()
@@ -115,7 +137,7 @@ def _backend(camera) -> _UserCamera:
         backend = _UserCamera(camera, _picamera2_module(camera))
         _BACKENDS[camera] = backend
     if backend._config_args is None or not backend._started:
-        sensor = SENSORS.get(backend._model.lower()) or backend._generic_sensor()
+        sensor = backend._camera_sensor  # the modes the camera lists
         mode = min((m for m in sensor.modes if sensor.full_field(m)), key=lambda m: m.size[0] * m.size[1])
         backend.stop()
         backend.configure((mode.size[0] // 2 // 2 * 2, mode.size[1] // 2 // 2 * 2), 0.0, mode.size)

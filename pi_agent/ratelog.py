@@ -28,8 +28,9 @@ class RateLimitedLog:
         self._windows: dict[Hashable, list] = {}  # key -> [window start, lines in window, suppressed]
         self.suppressed = 0  # lines left out in all, since start
 
-    def log(self, level: int, key: Hashable, message: str, *args) -> bool:
-        """Log `message % args` under `key` if its window allows; True if it was written."""
+    def log(self, level: int, key: Hashable, message: str, *args, exc_info: bool = False) -> bool:
+        """Log `message % args` under `key` if its window allows; True if it was written (with the
+        current exception's traceback when `exc_info`)."""
         now = self._clock()
         with self._lock:
             window = self._windows.get(key)
@@ -52,7 +53,7 @@ class RateLimitedLog:
         if left_out:
             message += " [%d similar line(s) were left out]"
             args = (*args, left_out)
-        self._log.log(level, message, *args)
+        self._log.log(level, message, *args, exc_info=exc_info)
         return True
 
     def warning(self, key: Hashable, message: str, *args) -> bool:

@@ -105,6 +105,13 @@ def plan(system: bool, agent_args: list[str], unit_dir: Path | None = None) -> S
     return ServicePlan(False, directory / UNIT_NAME, agent_command(agent_args, None), None, None, None)
 
 
+def _home(user: str | None) -> Path:
+    try:
+        return Path(pwd.getpwnam(user or "").pw_dir)
+    except KeyError:
+        return Path(os.path.expanduser("~"))
+
+
 def _systemctl(system: bool, *args: str) -> subprocess.CompletedProcess:
     command = ["systemctl"] + ([] if system else ["--user"]) + list(args)
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
@@ -123,13 +130,17 @@ def install(service: ServicePlan, enable: bool = True) -> int:
     if not enable:
         return 0
     if shutil.which("systemctl") is None:
-        print("pi-agent service: systemctl not found; the unit is written but not enabled", file=sys.stderr)
+        service.unit_path.unlink()
+        print(f"pi-agent service: systemctl not found: nothing installed ({service.unit_path} removed; "
+              f"--no-enable writes the unit only)", file=sys.stderr)
         return 1
     for args in (("daemon-reload",), ("enable", "--now", UNIT_NAME)):
         result = _systemctl(service.system, *args)
         if result.returncode != 0:
-            print(f"pi-agent service: systemctl {' '.join(args)} failed: {(result.stderr or result.stdout).strip()}",
-                  file=sys.stderr)
+            service.unit_path.unlink()  # a unit that is not enabled is not left behind to puzzle anyone
+            _systemctl(service.system, "daemon-reload")
+            print(f"pi-agent service: systemctl {' '.join(args)} failed: {(result.stderr or result.stdout).strip()}; "
+                  f"nothing installed ({service.unit_path} removed)", file=sys.stderr)
             return 1
     scope = "" if service.system else "--user "
     print(f"enabled and started {UNIT_NAME}; see it with: systemctl {scope}status {UNIT_NAME}, "
@@ -185,12 +196,19 @@ def main(argv: list[str]) -> int:
         print("pi-agent service: agent options go with install only", file=sys.stderr)
         return 2
     if agent_args:  # refuse options the agent would refuse, now rather than in a restart loop
-        from .cli import build_parser as agent_parser
+        from .cli import build_parser as agent_parser, startup_checks
 
         try:
-            agent_parser().parse_args(agent_args)
+            options = agent_parser().parse_args(agent_args)
         except SystemExit as exc:
             return int(exc.code or 2)
+        if args.system and options.config_dir is None:  # the unit runs as the sudo user, with its home
+            options.config_dir = str(_home(plan(True, []).user) / ".config" / "picamlink")
+        try:
+            startup_checks(options)  # e.g. no agent key for a network --listen: the unit could never start
+        except (OSError, ValueError) as exc:
+            print(f"pi-agent service: the agent would refuse these options: {exc}", file=sys.stderr)
+            return 2
     service = plan(args.system, agent_args, args.unit_dir)
     if args.action == "install":
         if args.print:

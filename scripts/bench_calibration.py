@@ -232,7 +232,7 @@ def modes_table() -> str:
 
     def residual(pi) -> float:
         pipe = pi.pipeline(0)
-        gains, truth = pipe.lens_shading_in_force, pipe.physics(pipe.mode).true_shading(pipe.mode)
+        gains, truth = pipe.lens_shading_in_force, pipe.physics.true_shading(pipe.mode)
         h, w = gains.shape[1:]
         worst = 0.0
         for i, name in enumerate("RGB"):

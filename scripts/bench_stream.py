@@ -451,13 +451,13 @@ def taskset(cpu: str) -> list[str]:
 def run_group(method: str, replay: Path, size, *, fps: float, duration: float, warmup: float, quality: int,
               receivers: list[dict], role: str = "sender", sender_prefix: list[str] | None = None,
               host: str = "127.0.0.1", connect: tuple[str, int] | None = None, env: dict | None = None,
-              port: int | None = None) -> dict:
+              port: int | None = None, lead: float = 3.0) -> dict:
     """One measurement: a sender (or agent-only role) and any number of receivers, in separate processes.
 
     receivers: [{"role": "receiver", "prefix": [...], "args": [...]}]; `connect` = (host, port) receivers
     use instead of the sender's (a shaper in between)."""
     port = port or free_port()
-    start = time.monotonic() + 3.0 + warmup  # imports and connection first
+    start = time.monotonic() + lead + warmup  # imports and connection first (`lead` s)
     common = ["--method", method, "--replay", str(replay), "--size", str(size[0]), str(size[1]),
               "--fps", str(fps), "--quality", str(quality), "--start", repr(start), "--duration", str(duration)]
     script = [sys.executable, str(Path(__file__).resolve())]
@@ -785,24 +785,28 @@ def part_window(args, cache, q) -> tuple[str, dict]:
     size = (1920, 1080)
     replay = replay_file(cache, size, q["frames"])
     base = baseline(replay, args.quality, q["baseline"] // 4 or 4)
+    rows, out = [], {}
     server = XServer(screen="2048x1536x24").start()
     try:
-        run = run_group("picamlink", replay, size, fps=30.0, duration=q["seconds"], warmup=q["warmup"] + 1.0,
-                        quality=args.quality, receivers=[{"role": "window", "env": server.env, "args": []}])
+        for label, extra in (("adaptive credit (default)", []), ("fixed 2 credits", ["--fixed-credit"])):
+            run = run_group("picamlink", replay, size, fps=30.0, duration=q["seconds"], warmup=q["warmup"] + 1.0,
+                            quality=args.quality, receivers=[{"role": "window", "env": server.env, "args": extra}])
+            w = run["receivers"][0]
+            shown_fps, received_fps = w["frames"] / w["span"], w["received"] / w["span"]
+            per_shown = w["cpu"] / max(w["frames"], 1) * 1e3
+            print(f"window 1080p, {label}: received {received_fps:.1f} fps, shown {shown_fps:.1f} fps, "
+                  f"{per_shown:.1f} ms CPU per shown frame (decode alone {base['decode_ms']:.1f} ms)", flush=True)
+            rows.append([label, f1(received_fps), f1(shown_fps), f1(per_shown), f1(base["decode_ms"]),
+                         f2(per_shown / base["decode_ms"])])
+            out[label] = {"received": received_fps, "shown": shown_fps, "per_shown": per_shown}
     finally:
         server.stop()
-    w = run["receivers"][0]
-    shown_fps, received_fps = w["frames"] / w["span"], w["received"] / w["span"]
-    per_shown = w["cpu"] / max(w["frames"], 1) * 1e3
-    print(f"window 1080p: received {received_fps:.1f} fps, shown {shown_fps:.1f} fps, {per_shown:.1f} ms CPU per "
-          f"shown frame (decode alone {base['decode_ms']:.1f} ms)", flush=True)
     text = ("### Windowed viewer, 1920x1080 at 30 fps (a real OpenCV window under Xvfb)\n\n"
-            "host_viewer.app.ViewerApp with its default overlays, the agent pinned on the other core. CPU: the "
-            "viewer process, all threads (receive, decode, compose, imshow).\n\n"
-            + table(["fps received", "fps shown", "viewer CPU ms per shown frame", "decode alone ms", "÷ decode"],
-                    [[f1(received_fps), f1(shown_fps), f1(per_shown), f1(base["decode_ms"]),
-                      f2(per_shown / base["decode_ms"])]]))
-    return text, {"received": received_fps, "shown": shown_fps, "per_shown": per_shown, "decode": base["decode_ms"]}
+            "host_viewer.app.ViewerApp with its default overlays, pinned to one core, the agent on the other. CPU: "
+            "the viewer process, all threads (receive, decode, compose, imshow).\n\n"
+            + table(["Viewer credit", "fps received", "fps shown", "viewer CPU ms per shown frame", "decode alone ms",
+                     "÷ decode"], rows))
+    return text, out
 
 
 def part_slow(args, cache, q) -> tuple[str, dict]:

@@ -145,6 +145,9 @@ def test_headless_cli_calibrates_and_summarises(start_agent, capsys, tmp_path):
     summary = json.loads(captured.out)
     cal = summary["calibration"]
     assert set(cal["exposure"]) >= {"level", "target", "measurements", "frames", "seconds"}
+    passes = cal["exposure"]["passes"]  # "all" runs exposure twice: both passes, and totals over them
+    assert len(passes) == 2 and cal["exposure"]["measurements"] == sum(p["measurements"] for p in passes)
+    assert cal["exposure"]["frames"] == sum(p["frames"] for p in passes)
     assert cal["white_balance"]["neutral_error_pct"] <= 1.0 and len(cal["white_balance"]["colour_gains"]) == 2
     assert cal["lens_shading"]["grid"] == [16, 12] and cal["lens_shading"]["residual_pct"] <= 0.5
     assert "calibrate: exposure" in captured.err and "lens_shading" in captured.err

@@ -41,7 +41,7 @@ def residual_in_force(pi) -> dict[str, float]:
     """Per channel: std/mean (%) of 16x12 cell means of (true shading × ISP gain in force) in the current mode."""
     pipe = pi.pipeline(0)
     gains = pipe.lens_shading_in_force  # (3, h, w) R, G, B as the simulated ISP applies them
-    truth = pipe.physics(pipe.mode).true_shading(pipe.mode)  # ground truth of the sensor model, this mode's pixels
+    truth = pipe.physics.true_shading(pipe.mode)  # ground truth of the sensor model, this mode's pixels
     h, w = gains.shape[1:]
     out = {}
     for i, name in enumerate("RGB"):
@@ -103,3 +103,18 @@ def test_a_table_fitted_on_the_crop_would_be_wrong_in_the_full_field(picamera2_c
 def test_a_saved_table_is_reapplied_only_when_its_geometry_is_the_whole_array(geometry, ok):
     problem = table_geometry_problem(geometry, get_sensor("imx219"))
     assert (problem is None) == ok, problem
+
+
+def test_clear_on_a_pi_brings_back_the_stock_adaptive_table(picamera2_camera):
+    """Issue 13.4: clearing reopens the camera with its stock tuning (adaptive rpi.alsc), not a flat table."""
+    from pi_agent.camera.base import LensShadingTable
+
+    cam, pi = picamera2_camera(white_module(seed=5), size=(320, 240), raw_size=(1640, 1232))
+    stock = pi.picamera2.Picamera2.find_tuning_algo(pi.picamera2.Picamera2.load_tuning_file("imx219.json"), "rpi.alsc")
+    assert stock.get("n_iter", 1) != 0  # the stock table adapts
+    cam.apply_lens_shading(LensShadingTable.flat((16, 12)))
+    assert pi.picamera2.Picamera2.find_tuning_algo(pi.pipeline(0).tuning, "rpi.alsc")["n_iter"] == 0
+    cam.clear_lens_shading()
+    cam.capture()
+    assert pi.picamera2.Picamera2.find_tuning_algo(pi.pipeline(0).tuning, "rpi.alsc") == stock
+    assert cam.lens_shading is None and cam.tuning() == pi.picamera2.Picamera2.load_tuning_file("imx219.json")

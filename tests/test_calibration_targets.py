@@ -73,7 +73,7 @@ def test_the_chart_is_refused_and_the_state_directory_is_unchanged(tmp_path, con
     agent = Agent(camera, "127.0.0.1:0", size=(320, 240), fps=30, state_dir=str(state_dir))
     agent.start()
     try:
-        client = connect(agent)
+        client = connect(agent, full_stats=True)  # AeState is in the full metadata only
         np.testing.assert_allclose(camera.lens_shading.luminance, table.luminance)
         wait_until(lambda: client.latest() and client.latest().metadata.get("AeState") == 2, timeout=10,
                    message="auto exposure settled on the chart")

@@ -465,14 +465,16 @@ def test_viewers_are_told_apart_in_the_log(agents, caplog):
     finally:
         for sock in socks:
             sock.close()
-    names = [r.args[0] for r in caplog.records if r.getMessage().startswith("viewer ") and "connected" in r.getMessage()]
+    names = [r.args[0] for r in caplog.records
+             if r.getMessage().startswith("viewer ") and "connected" in r.getMessage()]
     assert len(names) == 3 and len(set(names)) == 3, names
     assert all(name.startswith("127.0.0.1#") and "same-client" in name for name in names)
 
 
 def test_the_open_file_soft_limit_is_raised_at_start_where_allowed():
     script = ("import resource; from pi_agent.agent import raise_open_file_limit; "
-              "before, after = raise_open_file_limit(); print(before, after, resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+              "before, after = raise_open_file_limit(); "
+              "print(before, after, resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
 
     def low_soft_limit():
         import resource
@@ -482,3 +484,16 @@ def test_the_open_file_soft_limit_is_raised_at_start_where_allowed():
                          preexec_fn=low_soft_limit)
     before, after, now = (int(v) for v in out.stdout.split())
     assert (before, after, now) == (256, 4096, 4096), out.stderr
+
+
+def test_the_allocator_tuning_applies_on_glibc_and_can_be_turned_off():
+    script = "from pi_agent.agent import tune_allocator; print(tune_allocator())"
+    import os
+    import platform
+
+    on = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    off = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PICAMLINK_MALLOC_TUNING": "0"})
+    assert off.stdout.strip() == "False"
+    if platform.libc_ver()[0] == "glibc":
+        assert on.stdout.strip() == "True", on.stderr

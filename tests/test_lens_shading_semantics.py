@@ -54,8 +54,8 @@ def test_the_simulator_and_the_pi_give_the_same_corrected_image_for_the_same_tab
                                raw_size=raw_size)
     cam.set_controls(CONTROLS)
     cam.apply_lens_shading(table)
-    frame = wait_until(lambda: (f := cam.capture()).metadata["ExposureTime"] == frames[-1].metadata["ExposureTime"]
-                       and f, timeout=10)
+    frame = wait_until(lambda: (f := cam.capture(timeout=30)).metadata["ExposureTime"] == frames[-1].metadata["ExposureTime"]
+                       and f, timeout=60)
     pipe = pi.pipeline(0)
     pi_corrected = pipe.isp.corrected(frame.raw, (1.0, 1.0))
 

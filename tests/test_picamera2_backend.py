@@ -30,7 +30,7 @@ def test_the_backend_runs_on_picamera2_from_site_packages(picamera2_camera):
     assert os.path.realpath(pi.picamera2.__file__).startswith(site)
     assert type(cam._cam).__module__ == "picamera2.picamera2"
     assert os.path.realpath(type(cam._cam).__init__.__code__.co_filename).startswith(site)
-    frame = cam.capture()
+    frame = cam.capture(timeout=30)
     assert frame.raw.shape == (1232, 1640)  # a full-field mode for a 320x240 stream
     assert pi.kernel.syncs > 0  # picamera2's DmaAllocator synced the dma-bufs it mapped
 
@@ -48,7 +48,7 @@ def test_unpacked_raw_is_exactly_the_mosaic_the_sensor_read(picamera2_camera, se
                                                              expected_format):
     cam, pi = picamera2_camera(sensor, platform, raw_size=raw_size, packed_raw=packed)
     assert cam.configuration["raw"]["format"] == expected_format
-    frames = [cam.capture() for _ in range(3)]
+    frames = [cam.capture(timeout=30) for _ in range(3)]
     pipe = pi.pipeline(0)
     bits = cam.configuration["raw"]["bit_depth"]
     for frame in frames:
@@ -66,7 +66,7 @@ def test_bayer_order_comes_from_the_configured_raw_format_not_the_sensor_modes(p
     assert str(picam2.sensor_format) == "SRGGB12_CSI2P"  # what the sensor lists, unrotated
     assert all(str(m["format"]).startswith("SRGGB") for m in cam._sensor_modes)
     assert picam2.camera_configuration()["raw"]["format"] == "SBGGR12"  # what the rotated readout delivers
-    frame = cam.capture()
+    frame = cam.capture(timeout=30)
     assert frame.bayer_order == "BGGR" == cam.sensor.bayer_order
     np.testing.assert_array_equal(frame.raw, pi.pipeline(0).raw_of(frame.metadata))
 
@@ -102,7 +102,7 @@ def test_a_flip_changes_the_bayer_order_and_mirrors_the_pixels(simulated_pi):
 
 def test_black_level_comes_from_metadata_at_the_mode_bit_depth(picamera2_camera):
     cam, _ = picamera2_camera("imx477", "pisp", raw_size=(1332, 990))  # the 10-bit mode of a 12-bit sensor
-    frame = cam.capture()
+    frame = cam.capture(timeout=30)
     assert frame.metadata["SensorBlackLevels"] == (4096,) * 4
     assert frame.bit_depth == 10 and frame.black_level == 64
     assert cam.sensor.black_level == 64 and cam.sensor.bit_depth == 10
@@ -138,10 +138,10 @@ def test_metadata_reports_the_exposure_and_gain_in_force_for_that_very_frame(pic
     cam, pi = picamera2_camera(CameraModule("imx477", scene="white", lux=300), "vc4", raw_size=(1332, 990),
                                buffer_count=3)
     cam.set_controls({"ExposureTime": 2000, "AnalogueGain": 1.0, "AeEnable": False})
-    wait_until(lambda: cam.capture().metadata["ExposureTime"] == pytest.approx(2000, abs=20), timeout=10)
-    first = [cam.capture() for _ in range(2)]
+    wait_until(lambda: cam.capture(timeout=30).metadata["ExposureTime"] == pytest.approx(2000, abs=20), timeout=60)
+    first = [cam.capture(timeout=30) for _ in range(2)]
     cam.set_controls({"ExposureTime": 4000, "AnalogueGain": 2.0})
-    frames = first + [cam.capture() for _ in range(12)]
+    frames = first + [cam.capture(timeout=30) for _ in range(12)]
     exposures = [f.metadata["ExposureTime"] for f in frames]
     gains = [f.metadata["AnalogueGain"] for f in frames]
     assert exposures[2] == pytest.approx(2000, abs=20)  # requests already queued carry the old values
@@ -185,8 +185,8 @@ def test_a_new_lens_shading_table_is_in_force_after_the_reopen_and_not_before(pi
     cam, pi = picamera2_camera(CameraModule("imx477", scene="white", seed=2), platform, raw_size=(2028, 1520))
     machine = pi.machine
     cam.set_controls(MANUAL_WHITE)
-    wait_until(lambda: abs(cam.capture().metadata["ExposureTime"] - 2500) < 40, timeout=10)
-    before = cam.capture()
+    wait_until(lambda: abs(cam.capture(timeout=30).metadata["ExposureTime"] - 2500) < 40, timeout=60)
+    before = cam.capture(timeout=30)
     table = _true_table(pi, grid)
     stock = find_algo(machine.managers_created[-1]["tunings"][0], "rpi.alsc")
     assert len(stock["luminance_lut"]) == grid[0] * grid[1] and stock["n_iter"] > 0  # the shipped adaptive table
@@ -201,7 +201,7 @@ def test_a_new_lens_shading_table_is_in_force_after_the_reopen_and_not_before(pi
     np.testing.assert_allclose(np.reshape(loaded["luminance_lut"], table.luminance.shape), table.luminance, atol=1e-3)
     assert cam.lens_shading is table
     # the stream resumed with the same controls, and the ISP output is now flat
-    after = cam.capture()
+    after = cam.capture(timeout=30)
     assert abs(after.metadata["ExposureTime"] - 2500) < 40 and after.metadata["ColourGains"] == (1.0, 1.0)
     assert before.main[:, :, 1].max() < 250 and after.main[:, :, 1].max() < 250  # nothing clipped
     error_before = abs(_corner_to_centre(before.main) - 1.0)  # the stock table does not fit this lens
@@ -218,12 +218,12 @@ def test_a_table_covers_the_full_pixel_array_and_is_resampled_to_a_cropped_mode(
     cam, pi = picamera2_camera(CameraModule("imx219", scene="white", corner_shading=0.4, seed=4), "vc4",
                                size=(640, 360), raw_size=(1920, 1080))
     cam.set_controls(MANUAL_WHITE)
-    wait_until(lambda: abs(cam.capture().metadata["ExposureTime"] - 2500) < 40, timeout=10)
-    assert cam.capture().metadata["ScalerCrop"] == (680, 692, 1920, 1080)
+    wait_until(lambda: abs(cam.capture(timeout=30).metadata["ExposureTime"] - 2500) < 40, timeout=60)
+    assert cam.capture(timeout=30).metadata["ScalerCrop"] == (680, 692, 1920, 1080)
 
     def residual(table) -> float:
         cam.apply_lens_shading(table)
-        raw = cam.capture().raw.astype(np.float64) - 64
+        raw = cam.capture(timeout=30).raw.astype(np.float64) - 64
         green = (raw[0::2, 1::2] + raw[1::2, 0::2]) / 2
         cells = cv2.resize(green * pi.pipeline(0).lens_shading_in_force[1][0::2, 1::2], (16, 9),
                            interpolation=cv2.INTER_AREA)
@@ -258,12 +258,12 @@ def test_a_held_camera_manager_is_detected_and_the_camera_keeps_working(picamera
     held = pi.picamera2.Picamera2._cm.cms  # something else keeps libcamera's manager alive
     with pytest.raises(CameraError, match="#886"):
         cam.apply_lens_shading(LensShadingTable.flat((16, 12)))
-    assert cam.capture().raw.shape == (990, 1332)
+    assert cam.capture(timeout=30).raw.shape == (990, 1332)
     assert pi.pipeline(0).alsc.luminance.max() > 1.5  # still the stock table
     del held
     cam.apply_lens_shading(LensShadingTable.flat((16, 12)))
     assert pi.pipeline(0).alsc.luminance.max() == 1.0
-    assert cam.capture().raw.shape == (990, 1332)
+    assert cam.capture(timeout=30).raw.shape == (990, 1332)
 
 
 @pytest.mark.parametrize("platform, wrong", [("vc4", (32, 32)), ("pisp", (16, 12))])
@@ -273,7 +273,7 @@ def test_a_table_on_the_wrong_grid_is_refused_and_nothing_changes(picamera2_came
     with pytest.raises(TuningError, match="Pi 5" if platform == "pisp" else "Pi 4"):
         cam.apply_lens_shading(LensShadingTable.flat(wrong))
     assert len(pi.machine.managers_created) == managers
-    assert cam.capture().raw.shape == (480, 640)
+    assert cam.capture(timeout=30).raw.shape == (480, 640)
 
 
 def test_a_broken_tuning_is_reported_and_the_previous_one_restored(picamera2_camera, monkeypatch):
@@ -289,7 +289,7 @@ def test_a_broken_tuning_is_reported_and_the_previous_one_restored(picamera2_cam
     assert "version" in pi.machine.managers_created[-2]["errors"][0]  # the IPA rejected it: no camera
     assert pi.machine.managers_created[-1]["source"] is None  # and the stock tuning was read again
     np.testing.assert_allclose(pi.pipeline(0).alsc.luminance, stock)
-    assert cam.capture().raw.shape == (990, 1332)  # still streaming
+    assert cam.capture(timeout=30).raw.shape == (990, 1332)  # still streaming
     assert cam.opened_with_tuning is None and cam.lens_shading is None
 
 
@@ -305,7 +305,7 @@ def test_a_busy_camera_is_a_clear_error_and_the_owner_keeps_working(picamera2_ca
     first, pi = picamera2_camera("imx219", "vc4", raw_size=(640, 480))
     with pytest.raises(CameraError, match="busy"):
         Picamera2Camera(picamera2_module=pi.picamera2)
-    assert first.capture().raw.shape == (480, 640)
+    assert first.capture(timeout=30).raw.shape == (480, 640)
     first.close()
     second = Picamera2Camera(picamera2_module=pi.picamera2)  # free again once closed
     second.close()
@@ -331,7 +331,7 @@ def test_compressed_pi5_raw_is_refused_unless_decompression_is_asked_for(simulat
     cam.configure((320, 240), 30.0, (1332, 990))
     assert cam.configuration["raw"]["format"] == "BGGR_PISP_COMP1"
     cam.start()
-    frame = cam.capture()
+    frame = cam.capture(timeout=30)
     cam.close()
     truth = pi.pipeline(0).raw_of(frame.metadata).astype(int)
     error = np.abs(frame.raw.astype(int) - truth)
@@ -342,11 +342,11 @@ def test_compressed_pi5_raw_is_refused_unless_decompression_is_asked_for(simulat
 def test_requests_are_released_even_when_reading_them_fails(picamera2_camera):
     cam, _ = picamera2_camera("imx219", "vc4", raw_size=(640, 480), buffer_count=1)
     for _ in range(4):  # one buffer: a request kept would stall the camera at once
-        cam.capture()
+        cam.capture(timeout=30)
     fmt = cam._raw_format
     cam._raw_format = None  # a broken state: unpacking fails after the request was read
     with pytest.raises(AttributeError):
-        cam.capture()
+        cam.capture(timeout=30)
     cam._raw_format = fmt
     assert cam.capture(timeout=5).raw.shape == (480, 640)
 
@@ -399,13 +399,13 @@ def test_back_to_auto_stays_auto_through_a_still_and_a_reopen(picamera2_camera):
     cam, pi = picamera2_camera(CameraModule("imx219", scene="white", lux=200), "vc4", size=(320, 240),
                                raw_size=(640, 480))
     cam.set_controls({"ExposureTime": 1000, "AnalogueGain": 1.0, "AeEnable": False})
-    wait_until(lambda: abs(cam.capture().metadata["ExposureTime"] - 1000) < 20, timeout=10)
+    wait_until(lambda: abs(cam.capture(timeout=30).metadata["ExposureTime"] - 1000) < 20, timeout=60)
     cam.set_controls({"AeEnable": True})
     cam.capture_still(timeout=30)
     cam.apply_lens_shading(LensShadingTable.flat((16, 12)))
     pipe = pi.pipeline(0)
     assert pipe.exposure_auto and pipe.gain_auto
-    moved = wait_until(lambda: abs(cam.capture().metadata["ExposureTime"] - 1000) > 200, timeout=10)
+    moved = wait_until(lambda: abs(cam.capture(timeout=30).metadata["ExposureTime"] - 1000) > 200, timeout=60)
     assert moved and "ExposureTime" not in cam.controls() and cam.controls()["AeEnable"] is True
 
 
@@ -420,9 +420,9 @@ def test_awb_enable_with_pending_colour_gains_returns_to_auto(picamera2_camera):
     _, blue = neutral_colour_gains(3000)  # the warm light needs a strong blue gain
 
     def awb_found_it():
-        return abs(cam.capture().metadata["ColourGains"][1] / blue - 1) < 0.05
+        return abs(cam.capture(timeout=30).metadata["ColourGains"][1] / blue - 1) < 0.05
 
-    wait_until(awb_found_it, timeout=10, message="AWB's blue gain for 3000 K")
+    wait_until(awb_found_it, timeout=60, message="AWB's blue gain for 3000 K")
     assert pi.pipeline(0).awb_auto and "ColourGains" not in cam.controls()
 
 
@@ -447,7 +447,7 @@ def test_a_timed_out_capture_job_blocks_a_later_stop_in_picamera2(simulated_pi):
     stopper.join(1.0)
     assert stopper.is_alive() and picam2.started  # stop() waits behind the stuck job
     pi.pipeline(0).reconnect()  # a frame arrives: the job completes, then stop() runs
-    stopper.join(10)
+    stopper.join(60)
     assert not stopper.is_alive() and not picam2.started
     job.get_result(0).release()
     picam2.close()
@@ -455,13 +455,13 @@ def test_a_timed_out_capture_job_blocks_a_later_stop_in_picamera2(simulated_pi):
 
 def test_the_backend_clears_a_timed_out_job_so_close_does_not_hang(picamera2_camera):
     cam, pi = picamera2_camera("imx219", "vc4", raw_size=(640, 480))
-    cam.capture()
+    cam.capture(timeout=30)
     pi.pipeline(0).disconnect()
     with pytest.raises(CameraError, match="no frame"):
         cam.capture(timeout=0.5)
     closer = threading.Thread(target=cam.close)
     closer.start()
-    closer.join(10)
+    closer.join(60)
     assert not closer.is_alive()  # picamera2's cancel_all_and_flush() dropped the stuck job
 
 
@@ -471,7 +471,7 @@ def test_the_agent_streams_end_to_end_over_the_real_picamera2(simulated_pi, star
     pi = simulated_pi(["imx219"], "vc4")
     agent = start_agent(camera=Picamera2Camera(picamera2_module=pi.picamera2), size=(320, 240), fps=30.0)
     client = connect(agent, full_stats=True)  # every metadata key in each frame
-    frame = client.wait_frame(timeout=10)
+    frame = client.wait_frame(timeout=60)
     image = frame.decode()
     assert image.shape == (240, 320, 3) and image.std() > 5
     assert tuple(frame.metadata["SensorBlackLevels"]) == (4096,) * 4
@@ -479,10 +479,19 @@ def test_the_agent_streams_end_to_end_over_the_real_picamera2(simulated_pi, star
     assert result["controls"]["ExposureTime"] == 5000 and result["controls"]["AeEnable"] is False
 
     def applied():
-        md = client.wait_frame(timeout=2).metadata
+        md = client.wait_frame(timeout=10).metadata
         return abs(md["ExposureTime"] - 5000) < 40 and md["AnalogueGain"] == pytest.approx(2.0, abs=0.05)
 
-    wait_until(applied, timeout=10, message="the new controls in the frame metadata")
+    wait_until(applied, timeout=60, message="the new controls in the frame metadata")
+    # and back to auto through the agent: AGC moves away from the manual values (libcamera ≥ 0.5 semantics)
+    client.command("set_controls", {"controls": {"AeEnable": True}})
+
+    def auto_again():
+        md = client.wait_frame(timeout=10).metadata
+        return abs(md["ExposureTime"] - 5000) > 200 or abs(md["AnalogueGain"] - 2.0) > 0.1
+
+    wait_until(auto_again, timeout=60, message="AGC back in charge")
+    assert pi.pipeline(0).exposure_auto and pi.pipeline(0).gain_auto
 
 
 @pytest.mark.parametrize("platform, grid", [("vc4", (16, 12)), ("pisp", (32, 32))])

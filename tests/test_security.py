@@ -361,8 +361,13 @@ def test_command_line_keys_authorize_and_an_encrypted_session(tmp_path):
                               "--secure", "--size", "320x240", "--config-dir", agent_dir], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        def listening() -> bool:  # the agent process is up (on a loaded machine its start takes seconds)
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_until(listening, 60, message="the agent listening")
         wrong = _run(["-m", "host_viewer.cli", f"127.0.0.1:{port}", "--headless", "--duration", "1",
-                      "--connect-timeout", "3", "--config-dir", viewer_dir])  # plain text to an encrypted agent
+                      "--connect-timeout", "30", "--config-dir", viewer_dir])  # plain text to an encrypted agent
         assert wrong.returncode == 1 and "requires encryption" in wrong.stderr
         assert _run(["-m", "host_viewer.cli", "trust", f"127.0.0.1:{port}", agent_key,
                      "--config-dir", viewer_dir]).returncode == 0

@@ -97,3 +97,29 @@ def test_install_enables_and_uninstall_removes(tmp_path, monkeypatch):
     assert agent_cli.main(["service", "uninstall", "--unit-dir", str(units)]) == 0
     assert not (units / "picamlink-agent.service").exists()
     assert log.read_text().splitlines()[2:] == ["--user disable --now picamlink-agent.service", "--user daemon-reload"]
+
+
+def test_options_that_cannot_start_the_agent_are_refused_at_install(tmp_path, capsys, monkeypatch):
+    """Breaker F8: a network --listen with no agent key wrote a unit whose ExecStart always exits 2."""
+    monkeypatch.setenv("PICAMLINK_CONFIG_DIR", str(tmp_path / "config"))  # no keys made there
+    code = agent_cli.main(["service", "install", "--unit-dir", str(tmp_path), "--", "--listen", "0.0.0.0:5555"])
+    assert code == 2 and not (tmp_path / "picamlink-agent.service").exists()
+    assert "pi-agent keys" in capsys.readouterr().err
+    assert agent_cli.main(["keys"]) == 0  # with the key made, the same options install
+    assert agent_cli.main(["service", "install", "--no-enable", "--unit-dir", str(tmp_path), "--",
+                           "--listen", "0.0.0.0:5555"]) == 0
+    assert (tmp_path / "picamlink-agent.service").exists()
+
+
+@pytest.mark.parametrize("systemctl", ["fails", "missing"])
+def test_no_unit_is_left_behind_when_systemctl_fails(tmp_path, capsys, monkeypatch, systemctl):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if systemctl == "fails":
+        (bin_dir / "systemctl").write_text("#!/bin/sh\necho 'Failed to connect to bus' >&2\nexit 1\n")
+        (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))  # the stand-in, or no systemctl at all
+    units = tmp_path / "units"
+    assert agent_cli.main(["service", "install", "--unit-dir", str(units)]) == 1
+    assert not (units / "picamlink-agent.service").exists()
+    assert "nothing installed" in capsys.readouterr().err

@@ -86,7 +86,7 @@ def test_a_main_stream_of_another_aspect_ratio_is_cropped_from_the_mode_and_repo
 
     from tests.conftest import wait_until
 
-    wait_until(zoomed, timeout=10)
+    wait_until(zoomed, timeout=60)
     picam2.close()
 
 

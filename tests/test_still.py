@@ -117,12 +117,12 @@ def test_picamera2_still_is_the_sensors_full_mode_raw_and_the_stream_resumes(pic
     cam.set_controls(MANUAL)  # before start: in force from the first frame
     before = cam.configuration
     cam.start()
-    frames = [cam.capture() for _ in range(5)]
+    frames = [cam.capture(timeout=30) for _ in range(5)]
     # After configure: must survive the mode switches (picamera2's own switch back would re-send the video
     # configuration's 6000 µs).
     cam.set_controls({"ExposureTime": 4000})
     for _ in range(12):  # the request queue, then the sensor's delay
-        frames.append(cam.capture())
+        frames.append(cam.capture(timeout=30))
         if abs(frames[-1].metadata["ExposureTime"] - 4000) < 20:
             break
     assert frames[-1].metadata["ExposureTime"] == pytest.approx(4000, abs=20)
@@ -145,7 +145,7 @@ def test_picamera2_still_is_the_sensors_full_mode_raw_and_the_stream_resumes(pic
     # The stream resumes in its own mode, numbering on, with the controls of now.
     assert cam.configuration == before
     assert pipe.configurations[-1]["raw"]["size"] == (1640, 1232)
-    after = [cam.capture() for _ in range(4)]
+    after = [cam.capture(timeout=30) for _ in range(4)]
     assert [f.sequence for f in after] == list(range(frames[-1].sequence + 1, frames[-1].sequence + 5))
     for f in after:
         assert f.raw.shape == (1232, 1640) and f.main.shape == (480, 640, 3)

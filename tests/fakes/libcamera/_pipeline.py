@@ -572,21 +572,28 @@ class RPiCameraData:
         y = 0.299 * stats[0] * cr + 0.587 * stats[1] + 0.114 * stats[2] * cb
         ratio = AGC_TARGET_Y / max(y, 1e-4)
         ratio = min(max(ratio, 0.3 if y > 0.8 else 0.5), 8.0)
-        if abs(ratio - 1) < 0.03:
-            self.ae_state = 2
-            return
-        self.ae_state = 1
+        converged = abs(ratio - 1) < 0.03
+        self.ae_state = 2 if converged else 1
+        if converged:
+            ratio = 1.0
         if any(p[2] in ("exposure_lines", "gain") for p in self.pending):
             return  # let the change in flight show in the statistics first
+        # rpi.agc divideUpExposure: the total exposure split as shutter first (up to the exposure mode's
+        # longest), then gain — also when the level is right but the split is not (e.g. just back from manual)
         s, m = self.sensor, self.mode
         total = self.in_force["exposure_lines"] * m.line_time_us * self.in_force["gain"] * ratio
         longest = min(self._max_exposure(), AGC_MAX_EXPOSURE_US)
+        exposure, gain = self.agc_exposure_us, self.agc_gain
         if self.exposure_auto:
-            exposure = total / self.agc_gain if not self.gain_auto else min(total, longest)
-            self.agc_exposure_us = min(max(exposure, s.exposure_min_us), longest)
+            exposure = total / gain if not self.gain_auto else min(total, longest)
+            exposure = min(max(exposure, s.exposure_min_us), longest)
         if self.gain_auto:
-            self.agc_gain = min(max(total / self.agc_exposure_us, s.gain_min), s.gain_max)
-        self._push_sensor(frame)
+            gain = min(max(total / exposure, s.gain_min), s.gain_max)
+        same = (s.exposure_lines(exposure, m) == self.in_force["exposure_lines"]
+                and abs(s.quantise_gain(gain) - self.in_force["gain"]) < 1e-6)
+        self.agc_exposure_us, self.agc_gain = exposure, gain
+        if not same:
+            self._push_sensor(frame)
 
     def colour_gains(self) -> tuple[float, float]:
         if not self.awb_auto and self.manual_colour_gains is not None:
