@@ -59,3 +59,19 @@ def calibration_summary(result: dict[str, Any]) -> dict[str, Any]:
         s = result["lens_shading"]
         out["lens_shading"] = {k: s.get(k) for k in ("grid", "residual_pct", "worst_cell_pct")}
     return out
+
+
+def failure_summary(failure: str, detail: dict[str, Any] | None) -> dict[str, Any]:
+    """The summary's `calibration` object for a run that failed: `error` {code, message} (from the
+    "code: sentence" the CLI prints), the steps that completed before the failure (as calibration_summary
+    gives them), and whether their result is `in_force` / `persisted`: as the agent's reply says, else no
+    (a failed run puts the previous calibration back on the agent and saves nothing)."""
+    code, _, message = failure.partition(": ")
+    detail = detail if isinstance(detail, dict) else {}
+    out: dict[str, Any] = {"error": {"code": code, "message": message or code}}
+    out["completed"] = calibration_summary(detail)
+    out["in_force"] = bool(detail.get("in_force", False))
+    out["persisted"] = bool(detail.get("persisted", False))
+    if "agent_state" in detail:  # a reply lost in an outage: what the agent holds now
+        out["agent_state"] = detail["agent_state"]
+    return out

@@ -12,8 +12,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from .calibration import WHAT, calibration_summary, progress_line, start_calibration
-from .client import AgentClient, BadFrame, CommandFailed
+from .calibration import WHAT, calibration_summary, failure_summary, progress_line, start_calibration
+from .client import CANNOT_RESOLVE, AgentClient, BadFrame, CommandFailed
 from .report import save_report
 from protocol.keys import key_arguments
 from protocol.options import LOG_LEVELS, number_type as _number
@@ -218,8 +218,8 @@ def wait_for_agent(client: AgentClient, timeout: float, stop: StopRequest | None
         if stop is not None and stop.is_set():
             return f"{stop.signal_name} while connecting to {client.address}"
         if time.monotonic() >= deadline:
-            return (f"no agent answered at {client.address} within {timeout:g} s "
-                    f"({connection.text}; is pi-agent running there?)")
+            why = connection.hint if connection.detail == CANNOT_RESOLVE else "is pi-agent running there?"
+            return f"no agent answered at {client.address} within {timeout:g} s ({connection.text}; {why})"
 
 
 def take_snapshot(client: AgentClient, directory: str, stop: StopRequest | None = None) -> dict:
@@ -390,7 +390,9 @@ def run(argv: list[str] | None = None) -> int:
             calibration = keys.last_result
         if stop.is_set():
             summary["stopped_by"] = stop.signal_name
-    if calibration:
+    if failure and args.calibrate:
+        summary["calibration"] = failure_summary(failure, calibration)
+    elif calibration:
         summary["calibration"] = calibration_summary(calibration)
         if args.report and "lens_shading" in calibration and "luminance" in calibration["lens_shading"]:
             path = save_report(calibration["lens_shading"], args.report)

@@ -14,6 +14,7 @@ Commands carry an expiry, and with IMMEDIATE set nothing is queued for an agent 
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import logging
 import secrets
@@ -52,6 +53,7 @@ MONITORED_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_A
 # listens (the connect was refused and is being retried), or something listens that does not greet as ZMTP
 # within NOT_ZMTP_AFTER_S of accepting us (measured on loopback: an agent greets in about a millisecond).
 CONNECTION_REFUSED = "connection refused"
+CANNOT_RESOLVE = "cannot resolve host"  # ZeroMQ retries a name that does not resolve just like a refusal
 NOT_ZMTP = "no ZeroMQ greeting"
 NOT_ZMTP_AFTER_S = 1.0
 
@@ -155,6 +157,8 @@ class AgentClient(TypedCommands):
         self.address = address
         host, port = parse_address(address)
         self.endpoint = tcp_endpoint(host, port)
+        self._host = host
+        self._unresolvable: str | None = None  # why the host name does not resolve (set once, by a helper thread)
         self.credit = max(1, credit)
         # The window follows the link's bandwidth-delay product (host_viewer/credit.py); `credit` is where it
         # starts, and all it ever is with adaptive_credit=False.
@@ -215,7 +219,28 @@ class AgentClient(TypedCommands):
             end.setblocking(False)
         self._thread = threading.Thread(target=self._run, name=f"client-{self.address}", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._check_resolves, name=f"resolve-{self.address}", daemon=True).start()
         return self
+
+    def _check_resolves(self) -> None:
+        """Tell a host name that does not resolve (a typo such as raspberrypi.lcoal) from an agent that is
+        not running: ZeroMQ reports both as a connect retried. Off the I/O thread: a lookup can be slow."""
+        try:
+            ipaddress.ip_address(self._host.split("%")[0])
+            return  # an address literal: nothing to resolve
+        except ValueError:
+            pass
+        try:
+            socket.getaddrinfo(self._host, None, type=socket.SOCK_STREAM)
+            return
+        except (OSError, UnicodeError) as exc:
+            self._unresolvable = getattr(exc, "strerror", None) or str(exc)
+        if self.state in ("connecting", "reconnecting"):
+            self._set_state(self.state, CANNOT_RESOLVE, self._unresolvable_hint())
+
+    def _unresolvable_hint(self) -> str:
+        return (f"the name {self._host!r} does not resolve here ({self._unresolvable}): check its spelling, or "
+                f"give the Pi's IP address (`hostname -I` on the Pi)")
 
     def close(self) -> None:
         self._stop.set()
@@ -398,7 +423,10 @@ class AgentClient(TypedCommands):
                 continue
             if kind == zmq.EVENT_CONNECT_RETRIED:
                 self._tcp_connected_at = None
-                if self.state in ("connecting", "reconnecting") and self.state_detail != CONNECTION_REFUSED:
+                if self._unresolvable is not None:
+                    if self.state in ("connecting", "reconnecting"):
+                        self._set_state(self.state, CANNOT_RESOLVE, self._unresolvable_hint())
+                elif self.state in ("connecting", "reconnecting") and self.state_detail != CONNECTION_REFUSED:
                     self._set_state(self.state, CONNECTION_REFUSED,
                                     f"nothing accepts connections at {self.address}: is pi-agent running there, "
                                     f"listening on that port (pi-agent --listen 0.0.0.0:PORT for the network)?")

@@ -358,7 +358,7 @@ class InsecureListen(ValueError):
 def server_security(listen: str, *, secure: bool = False, insecure: bool = False, config_dir=None) -> CurveServer | None:
     """What `pi-agent` runs with: CURVE when asked (`secure`) or when listening beyond loopback, plain text
     on loopback (the quick start) or with `insecure`. Raises InsecureListen with the sentence to show."""
-    host, _port = parse_address(listen)
+    host, _port = parse_address(listen, listening=True)
     if secure and insecure:
         raise InsecureListen("--secure and --insecure contradict each other; choose one")
     if insecure:

@@ -98,7 +98,7 @@ class AgentServer:
         max_sessions: int = MAX_SESSIONS,
         demand: Demand | None = None,
     ):
-        self.host, self.port = parse_address(listen)
+        self.host, self.port = parse_address(listen, listening=True)
         self.router = router
         self._welcome = welcome  # () -> Welcome, the current state for a new viewer
         # A context of its own unless given one: an encrypted server's ZAP authenticator binds the context-wide

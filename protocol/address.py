@@ -7,6 +7,8 @@ a ValueError whose sentence shows the accepted forms.
 
 from __future__ import annotations
 
+import ipaddress
+
 DEFAULT_PORT = 5555
 _FORMS = "HOST:PORT, HOST (port 5555) or tcp://HOST:PORT, for example raspberrypi.local:5555 or [fe80::1]:5555"
 
@@ -15,8 +17,9 @@ def _refuse(address: str, why: str) -> ValueError:
     return ValueError(f"address {address!r}: {why}; give {_FORMS}")
 
 
-def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """'host:port' (or the other forms above) → (host, port); ValueError saying what is expected."""
+def parse_address(address: str, default_port: int = DEFAULT_PORT, *, listening: bool = False) -> tuple[str, int]:
+    """'host:port' (or the other forms above) → (host, port); ValueError saying what is expected.
+    Port 0 (the system picks a free port) only when `listening`: nothing can be reached at port 0."""
     if not isinstance(address, str):
         raise _refuse(str(address), "not text")
     text = address.strip()
@@ -33,6 +36,10 @@ def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, 
         port_text = tail[1:] if tail else None
     elif text.count(":") > 1:  # a bare IPv6 address: no port can be told apart from its last group
         host, port_text = text, None
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _refuse(address, f"{host!r} is neither HOST:PORT nor an IPv6 address (too many ':')") from None
     else:
         host, colon, port_text = text.partition(":")
         port_text = port_text if colon else None
@@ -40,8 +47,10 @@ def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, 
         raise _refuse(address, "no host name" if not host else f"{host!r} is not a host name or IP address")
     if port_text is None:
         return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise _refuse(address, f"the port {port_text!r} must be a number from 1 to 65535")
+    lowest = 0 if listening else 1
+    if not port_text.isdigit() or not lowest <= int(port_text) <= 65535:
+        raise _refuse(address, f"the port {port_text!r} must be a number from {lowest} to 65535"
+                               + (" (0: any free port)" if listening else ""))
     return host, int(port_text)
 
 

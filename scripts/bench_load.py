@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import zmq
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +40,7 @@ import protocol as p  # noqa: E402
 from host_viewer.client import AgentClient  # noqa: E402
 from pi_agent.agent import raise_open_file_limit  # noqa: E402
 from scripts.benchdoc import table, write_section  # noqa: E402
-from scripts.soak import free_port  # noqa: E402
+from scripts.soak import free_port, need_psutil  # noqa: E402
 
 
 class AgentProcess:
@@ -65,7 +64,7 @@ class AgentProcess:
             [sys.executable, "-m", "pi_agent.cli", "--camera", "sim", "--listen", self.address, "--size", size,
              "--fps", "30", "--no-announce", "--state-dir", self.state.name, *extra],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=prepare, env={**os.environ, **(env or {})})
-        self.ps = psutil.Process(self.process.pid)
+        self.ps = need_psutil().Process(self.process.pid)
 
     def rss_mb(self) -> float:
         return self.ps.memory_info().rss / 2**20
@@ -255,6 +254,7 @@ def run_fd_limit(idle: int) -> list[list[object]]:
             except Exception:
                 served = "NO (no frame within 15 s)"
             client.close()
+            psutil = need_psutil()
             limit = psutil.Process(agent.process.pid).rlimit(psutil.RLIMIT_NOFILE)
             rows.append([f"soft 1024, hard {hard_fd}", f"{limit[0]}", len(conns), served])
         finally:
@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller numbers")
     ap.add_argument("--write-doc", action="store_true", help="write the 'load' section of docs/benchmarks.md")
     args = ap.parse_args(argv)
+    need_psutil()  # now, not minutes into the run
     raise_open_file_limit(1 << 16)  # this process holds the many connections
     n, hold, flood, idle = (200, 4, 5000, 1100) if args.quick else (1000, 8, 50000, 1100)
     out = []

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -93,7 +92,7 @@ def run(minutes: float, interval: float, size: str, fps: float, warmup: float | 
     agent = subprocess.Popen([sys.executable, "-m", "pi_agent.cli", "--camera", "sim", "--listen", f"127.0.0.1:{port}",
                               "--size", size, "--fps", str(fps), "--log-level", "WARNING"], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    process = psutil.Process(agent.pid)
+    process = need_psutil().Process(agent.pid)
     address = f"127.0.0.1:{port}"
     viewers = [Viewer("fast-1", address), Viewer("fast-2", address), Viewer("slow", address, period=0.2)]
     rows = []
@@ -193,6 +192,15 @@ def markdown(summary: dict) -> str:
     return text
 
 
+def need_psutil():
+    """psutil (the dev extra), imported when measuring, so that --help works after the quick start alone."""
+    try:
+        import psutil
+    except ImportError:
+        sys.exit(f"{Path(sys.argv[0]).name}: needs psutil, from the dev extra: run scripts/setup.sh dev")
+    return psutil
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0)
@@ -204,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-doc", action="store_true", help="write the 'soak' section of docs/benchmarks.md")
     p.add_argument("--quick", action="store_true", help="a 12-second smoke run (2 s reports) that writes nothing")
     args = p.parse_args(argv)
+    need_psutil()  # now, not minutes into the run
     if args.quick:
         args.minutes, args.interval, args.warmup = 0.2, args.interval or 2.0, args.warmup or 2.0
         if args.write_doc or (args.json and args.json != "-"):
