@@ -233,7 +233,12 @@ def authorize(key_or_file: str, name: str | None = None, config_dir=None) -> tup
         key = public_key_from_text(source.read_text())
         default_name = source.stem.removesuffix(".key")
     else:
-        key = public_key_from_text(key_or_file)
+        try:
+            key = public_key_from_text(key_or_file)
+        except ValueError as exc:
+            if os.sep in key_or_file and not source.exists():  # meant as a file
+                raise ValueError(f"no such file: {key_or_file}; read as a key instead: {exc}") from None
+            raise
         default_name = "viewer-" + re.sub(r"[^A-Za-z0-9]", "", key)[:8]
     problem = authorized_dir_problem(config_dir)
     if problem:

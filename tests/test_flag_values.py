@@ -53,3 +53,9 @@ def test_the_readme_flag_tables_list_every_flag_and_sensor():
                     assert f"`{option}" in tables, f"{parser.prog} {option} is not in the README's flag tables"
     for sensor in SENSORS:
         assert sensor in tables, f"sensor {sensor} is not in the README"
+
+
+def test_authorize_names_a_missing_file_as_such(tmp_path, capsys):
+    """Breaker F8 (cosmetic): `pi-agent authorize /nonexistent/file` said "not a CURVE public key"."""
+    assert agent_cli.main(["authorize", str(tmp_path / "nope" / "viewer.key"), "--config-dir", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
