@@ -84,7 +84,10 @@ class TypedCommands:
         `save(directory)`. Raises BadArgument, Busy (another still is being taken), Failed (no frame or the
         still failed), TooLarge (ask raw=False), CameraFailed, Timeout."""
         args = {"full_resolution": full_resolution, "raw": raw, "quality": quality}
-        return Snapshot.from_value(self.command("snapshot", args, timeout=timeout))
+        value = self.command("snapshot", args, timeout=timeout)
+        welcome = self.welcome
+        return Snapshot.from_value(value, agent=welcome.agent if welcome else None,
+                                   model=welcome.sensor.get("model") if welcome else None)
 
     def frames(self, timeout: float = 5.0) -> Iterator:
         """Newest frames, as they come: each iteration waits for a frame newer than the last one yielded and

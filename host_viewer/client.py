@@ -663,6 +663,7 @@ class AgentClient(TypedCommands):
             self._outstanding += n
 
     def _frame(self, sock: zmq.Socket, message: Frame, received_ns: int, wire_bytes: int = 0) -> None:
+        self.clock.note_frame(message.capture_ns, received_ns)  # causality bounds the clock offset (clock.py)
         arrival_age_ms = ((received_ns + self.clock.offset_ns - message.capture_ns) / 1e6
                           if self.clock.known else None)
         self._outstanding -= 1

@@ -139,16 +139,19 @@ class Snapshot:
     stats: dict[str, Any]
     reason: str | None = None
     value: dict[str, Any] = field(repr=False, default_factory=dict)
+    agent: dict[str, Any] = field(repr=False, default_factory=dict)  # the welcome's agent: names the files
+    model: str = "camera"  # the sensor model, for the DNG
 
     @classmethod
-    def from_value(cls, value: dict) -> "Snapshot":
+    def from_value(cls, value: dict, agent: dict | None = None, model: str | None = None) -> "Snapshot":
         """Raises protocol.ProtocolError when the raw array map is malformed."""
         raw = unpack_array(value["raw"], "raw") if value.get("raw") is not None else None
         return cls(jpeg=value["jpeg"], raw=raw, metadata=dict(value.get("metadata", {})), width=int(value["width"]),
                    height=int(value["height"]), bayer_order=str(value.get("bayer_order", "")),
                    bit_depth=int(value.get("bit_depth", 0)), black_level=int(value.get("black_level", 0)),
                    full_resolution=bool(value.get("full_resolution", False)), frame=int(value.get("frame", 0)),
-                   stats=dict(value.get("stats", {})), reason=value.get("reason"), value=value)
+                   stats=dict(value.get("stats", {})), reason=value.get("reason"), value=value,
+                   agent=dict(agent or {}), model=model or "camera")
 
     def image(self) -> np.ndarray:
         """The JPEG decoded: BGR uint8 array of shape (height, width, 3)."""
@@ -156,7 +159,8 @@ class Snapshot:
 
     def save(self, directory: str | Path, stem: str | None = None):
         """Write `stem`.jpg, the raw as `stem`.dng (or .npy without PiDNG) and a `stem`.json sidecar into
-        `directory`; returns their paths (SnapshotFiles). Raises OSError when they cannot be written."""
+        `directory`; returns their paths (SnapshotFiles). Raises OSError when they cannot be written.
+        Named `<agent>-<time>-<frame>` like the viewer's snapshots unless `stem` is given."""
         from .snapshot import save_snapshot
 
-        return save_snapshot(self.value, directory, stem=stem)
+        return save_snapshot(self.value, directory, stem=stem, agent=self.agent or None, model=self.model)

@@ -3,6 +3,12 @@
 The viewer sends `t0` (its clock), the agent answers with `t1` (its clock on arrival), the viewer notes
 `t3` on receipt. Assuming symmetric paths, agent_clock - viewer_clock = t1 - (t0 + t3) / 2, with an error
 of at most RTT/2; the sample with the smallest RTT among the recent ones is the most trustworthy.
+
+On a loaded viewer the pong waits in its queue behind frames, so t3 is late, the paths are not symmetric and
+the estimate comes out low, by up to RTT/2: frames then looked captured after they arrived (a negative age).
+Causality bounds it (Cristian's interval): every frame was captured before it was received, so
+offset ≥ capture_ns − received_ns, and the agent answered a ping after it was sent, so offset ≤ t1 − t0.
+The reported offset is the min-RTT estimate moved into that interval.
 """
 
 from __future__ import annotations
@@ -31,12 +37,20 @@ class ClockOffset:
     (a deque read while appended raised "deque mutated during iteration", issue 16).
     """
 
-    def __init__(self, window: int = 16):
-        if window < 1:
-            raise ValueError(f"window must be at least 1, not {window}")
+    def __init__(self, window: int = 16, frames_window: int = 32):
+        if window < 1 or frames_window < 1:
+            raise ValueError(f"windows must be at least 1, not {window}, {frames_window}")
         self._window = window
+        self._frames_window = frames_window
         self._lock = threading.Lock()
         self._state: tuple[tuple[ClockSample, ...], ClockSample | None] = ((), None)
+        self._floors: tuple[int, ...] = ()  # capture_ns − received_ns of recent frames (lower bounds)
+
+    def note_frame(self, capture_ns: int, received_ns: int) -> None:
+        """A frame captured at `capture_ns` (agent clock) arrived at `received_ns` (viewer clock): the
+        offset is at least their difference. Only recent frames count (the two clocks may drift apart)."""
+        with self._lock:
+            self._floors = (self._floors + (capture_ns - received_ns,))[-self._frames_window:]
 
     def add(self, sample: ClockSample) -> None:
         with self._lock:
@@ -58,8 +72,14 @@ class ClockOffset:
 
     @property
     def offset_ns(self) -> int:
-        best = self._state[1]
-        return best.offset_ns if best else 0
+        """The min-RTT estimate, raised to the recent frames' lower bound but never above that sample's upper
+        bound t1 − t0 (so a frame with a forged timestamp moves it by at most RTT/2). 0 while unknown."""
+        best, floors = self._state[1], self._floors
+        if best is None:
+            return 0
+        if floors and max(floors) > best.offset_ns:
+            return min(max(floors), best.offset_ns + (best.rtt_ns + 1) // 2)
+        return best.offset_ns
 
     def to_agent(self, viewer_ns: int) -> int:
         """A viewer clock reading expressed on the agent's clock."""

@@ -226,6 +226,9 @@ class CalibrationService:
         except ValueError as exc:
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"calibrate: {exc}") from None
         self.context.pipeline.require_running("calibrate")
+        refusal = getattr(self.context.camera, "calibration_refusal", None)
+        if refusal:  # before measuring anything: no target or setting could make it work
+            raise CommandError(ErrorCode.BAD_ARGUMENT, f"calibrate {what}: {refusal}")
         sensor = self.context.camera.sensor
         if sensor.is_mono and what != "exposure":
             raise CommandError(ErrorCode.BAD_ARGUMENT, mono_refusal(what, sensor.model))

@@ -105,6 +105,8 @@ class CameraBackend(abc.ABC):
     thread while `set_controls` may be called from another."""
 
     name: str = "camera"
+    # Why calibrating this camera cannot work (None: it can); the agent refuses `calibrate` with it up front.
+    calibration_refusal: str | None = None
 
     @property
     @abc.abstractmethod

@@ -27,6 +27,7 @@ import numpy as np
 
 from .requested import merge_requested
 from .base import CameraBackend, CameraError, CapturedFrame, LensShadingTable
+from .limits import isp_crop
 from .sensors import SensorInfo, get_sensor
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class ReplayCamera(CameraBackend):
     """Serves the frames of a replay file in a cycle (see the module docstring)."""
 
     name = "replay"
+    calibration_refusal = ("a replay camera cannot be calibrated: its pixels were recorded, so exposure, gains and "
+                           "lens shading change nothing in them; calibrate a live camera (--camera sim or picamera2)")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -110,7 +113,8 @@ class ReplayCamera(CameraBackend):
         return len(self._raw)
 
     def configure(self, size: tuple[int, int], fps: float, raw_size: tuple[int, int] | None = None) -> dict[str, Any]:
-        """Resize the recorded main frames once (if `size` differs) and set the serving rate (0: free-running)."""
+        """Resize the recorded main frames once (if `size` differs) and set the serving rate (0: free-running).
+        A different aspect ratio is cropped (centred, as the ISP does: limits.isp_crop), never squashed."""
         if self._started:
             raise CameraError("cannot configure a started camera; stop it first")
         w, h = int(size[0]), int(size[1])
@@ -122,8 +126,11 @@ class ReplayCamera(CameraBackend):
         if (w, h) == (recorded.shape[2], recorded.shape[1]):
             self._main = recorded
         else:
-            log.info("replay: resizing %d recorded frames to %dx%d", len(recorded), w, h)
-            self._main = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in recorded])
+            x, y, cw, ch = isp_crop((recorded.shape[2], recorded.shape[1]), (w, h))
+            log.info("replay: cropping %d recorded frames to %dx%d at (%d, %d) and resizing them to %dx%d",
+                     len(recorded), cw, ch, x, y, w, h)
+            self._main = np.stack([cv2.resize(f[y:y + ch, x:x + cw], (w, h), interpolation=cv2.INTER_AREA)
+                                   for f in recorded])
             self._main.setflags(write=False)
         self._fps = float(fps)
         self._deadline = None
