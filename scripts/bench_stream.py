@@ -350,6 +350,8 @@ def run_connect(args, window: Window) -> dict:
     sleep_until(window.start)
     times = []
     for _ in range(args.connects):
+        if time.monotonic() > window.end - 1.0:
+            break  # the agent stops at the window's end: no connection may outlive it
         t0 = time.monotonic()
         with picamlink_client(args) as client:
             client.wait_frame(timeout=10)
@@ -684,7 +686,7 @@ def part_bytes_connect(args, cache, q) -> tuple[str, dict]:
     kw = dict(fps=30.0, duration=q["short_seconds"], warmup=q["warmup"], quality=args.quality)
     compact = summarise(run_pair("picamlink", replay, (640, 480), **kw))
     full = summarise(run_pair("picamlink", replay, (640, 480), extra=["--full-stats"], **kw))
-    conn = run_group("picamlink", replay, (640, 480), fps=30.0, duration=q["short_seconds"], warmup=q["warmup"],
+    conn = run_group("picamlink", replay, (640, 480), fps=30.0, duration=q["connects"] * 1.0, warmup=q["warmup"],
                      quality=args.quality, receivers=[{"role": "connect", "args": ["--connects", str(q["connects"])]}])
     times = conn["receivers"][0]["connect_ms"]
     print(f"bytes beyond the JPEG: compact {compact['overhead']:.0f}, full {full['overhead']:.0f}; connect → first "

@@ -118,6 +118,8 @@ class Peer:
         self.sock.connect(endpoint)
         self.seq = 0
         self.received: list[dict] = []
+        self.in_session = False  # after hello: keep the session alive while waiting (the spec's liveness)
+        self.last_sent = time.monotonic()
 
     def close(self) -> None:
         self.sock.disable_monitor()
@@ -127,6 +129,8 @@ class Peer:
     def send(self, t: str, **body) -> None:
         self.seq += 1
         self.send_raw(pack({"v": 1, "t": t, "seq": self.seq, "ts": time.monotonic_ns(), **body}))
+        self.in_session = {"hello": True, "bye": False}.get(t, self.in_session)
+        self.last_sent = time.monotonic()
 
     def send_raw(self, data) -> None:
         if isinstance(data, list):
@@ -135,8 +139,14 @@ class Peer:
             self.sock.send(data)
 
     def recv(self, timeout: float = 5.0) -> dict | None:
-        if not self.sock.poll(int(timeout * 1000)):
-            return None
+        """The next message within `timeout` s. In a session, a `ping` (t0 = 0) goes out after each second
+        without sending, as the spec's liveness asks: the agent forgets a session silent for 5 s."""
+        deadline = time.monotonic() + timeout
+        while not self.sock.poll(int(max(0.0, min(deadline - time.monotonic(), 0.25)) * 1000)):
+            if time.monotonic() >= deadline:
+                return None
+            if self.in_session and time.monotonic() - self.last_sent > 1.0:
+                self.send("ping", t0=0)
         data = self.sock.recv()
         ordered = msgpack.unpackb(data, raw=False, strict_map_key=True, object_pairs_hook=list)
         assert [k for k, _ in ordered[:4]] == ["v", "t", "seq", "ts"], f"envelope keys first, in order: {ordered[:4]}"
@@ -322,7 +332,7 @@ def test_a_malformed_message_gets_an_error_with_id_nil_and_changes_nothing(peer,
     error = viewer.error()
     assert (error["code"], error["id"]) == (code, None), (name, error)
     viewer.send("ping", t0=5)  # the session goes on
-    assert viewer.recv_type("pong")["t0"] == 5
+    assert viewer.recv_type("pong", t0=5)["t0"] == 5
 
 
 def test_a_message_over_the_socket_cap_drops_the_connection_and_a_new_session_follows(peer):
@@ -357,7 +367,7 @@ def test_session_seq_rises_by_one_and_restarts_with_each_hello(peer):
     viewer = peer()
     viewer.hello(credit=0)
     viewer.send("ping", t0=1)
-    viewer.recv_type("pong")
+    viewer.recv_type("pong", t0=1)
     viewer.result("status")
     viewer.command("no_such_command")
     non_frames = [m["seq"] for m in viewer.received if m["t"] != "frame"]
@@ -370,7 +380,7 @@ def test_ping_gets_pong_on_the_agents_monotonic_clock(peer):
     welcome = viewer.hello(credit=0)
     t0 = time.monotonic_ns()
     viewer.send("ping", t0=t0)
-    pong = viewer.recv_type("pong")
+    pong = viewer.recv_type("pong", t0=t0)
     assert pong["t0"] == t0 and type(pong["t1"]) is int and pong["t1"] >= welcome["ts"]
     assert pong["frames_sent"] == 0
 
@@ -515,7 +525,7 @@ def test_pong_counts_the_frames_sent_in_this_session(peer):
         viewer.send("credit", n=2)
     viewer.quiet(0.3)
     viewer.send("ping", t0=9)
-    pong = viewer.recv_type("pong")
+    pong = viewer.recv_type("pong", t0=9)
     received = len(frames_of(viewer.received))
     assert pong["frames_sent"] == received and received >= 6 and got
 
