@@ -740,11 +740,10 @@ class AgentClient(TypedCommands):
         for p in pending:
             if p.future.done():
                 continue
-            if not p.progress:
-                if now > p.deadline:
-                    self._fail(p.id, "timeout",
-                               f"no reply to {p.name} by its expiry: if it reached {self.address} its reply was "
-                               f"lost (link outage?), otherwise it did not run")
+            if not p.progress and now > p.deadline:
+                self._fail(p.id, "timeout",
+                           f"no reply to {p.name} by its expiry: if it reached {self.address} its reply was "
+                           f"lost (link outage?), otherwise it did not run")
                 continue
             if not connected and now > p.deadline:  # issue 17.5: its fate is known by its expiry
                 self._fail(p.id, "unreachable",
@@ -752,12 +751,15 @@ class AgentClient(TypedCommands):
                            f"stayed unreachable past the command's expiry: its outcome is unknown (is pi-agent "
                            f"still running there?)")
                 continue
+            # Sent (or last heard of) on an earlier connection, with or without progress yet: ask the agent.
             if p.connection == self._connection or not connected:
                 continue
             if p.finished_at is not None and now - p.finished_at > LOST_AFTER_IDLE_S:
-                self._fail(p.id, "reply_lost",
-                           f"{p.name} ended on the agent while the link to {self.address} was down and its reply "
-                           f"was lost; the agent's state is in this error's detail", detail=p.probe_state)
+                how = ("ended on the agent while the link to {a} was down and its reply was lost" if p.progress else
+                       "got no reply across an outage of the link to {a} and the agent is idle: it ended there and "
+                       "its reply was lost, or it never reached the agent").format(a=self.address)
+                self._fail(p.id, "reply_lost", f"{p.name} {how}; the agent's state is in this error's detail",
+                           detail=p.probe_state)
             elif now >= p.next_probe:
                 p.next_probe = now + PROBE_EVERY_S
                 probe.append(p)
