@@ -24,6 +24,16 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: 
         time.sleep(interval)
 
 
+def frames_until(camera, predicate, frames: int, timeout: float):
+    """The first of the next `frames` captures whose metadata satisfies `predicate` (AssertionError if none):
+    a bound in frames, not seconds, so a slow machine only makes it slower."""
+    for _ in range(frames):
+        frame = camera.capture(timeout=timeout)
+        if predicate(frame.metadata):
+            return frame
+    raise AssertionError(f"no frame within {frames} frames satisfied {predicate}")
+
+
 @pytest.fixture
 def start_agent():
     """start_agent(**kwargs) -> running Agent (default 127.0.0.1:<ephemeral>); stopped after the test."""

@@ -12,7 +12,7 @@ from host_viewer.client import CommandFailed
 from pi_agent.camera.requested import merge_requested, restore_command
 from pi_agent.camera.sim import SimulatedCamera
 
-from .conftest import wait_until
+from .conftest import frames_until, wait_until
 
 MANUAL = {"ExposureTime": 4000, "AnalogueGain": 2.0, "ColourGains": [1.7, 1.4]}
 
@@ -52,11 +52,7 @@ def test_an_explicit_exposure_in_the_same_request_wins_over_aeenable_in_either_o
 
 
 def _frames_until(camera, predicate, frames=12):
-    for _ in range(frames):
-        frame = camera.capture(timeout=2.0)
-        if predicate(frame.metadata):
-            return frame
-    raise AssertionError(f"no frame within {frames} frames satisfied {predicate}")
+    return frames_until(camera, predicate, frames, timeout=2.0)
 
 
 def test_camera_restore_controls_puts_the_requested_set_back_exactly():

@@ -20,7 +20,7 @@ from pi_agent.camera.base import CameraError, LensShadingTable, capture_timeout
 from pi_agent.camera.picamera2_backend import Picamera2Camera
 from pi_agent.camera.sensors import get_sensor
 
-from .conftest import wait_until
+from .conftest import frames_until, wait_until
 from .test_controls_in_force import cancel_at_first_progress
 
 MANUAL = {"AeEnable": False, "AwbEnable": False, "ExposureTime": 4000, "AnalogueGain": 2.0, "ColourGains": (1.7, 1.4)}
@@ -38,12 +38,8 @@ def _module(sensor, **kwargs):
     return CameraModule(sensor=sensor, **kwargs)
 
 
-def _frames_until(cam, predicate, frames=30):
-    for _ in range(frames):
-        frame = cam.capture(timeout=5.0)
-        if predicate(frame.metadata):
-            return frame
-    raise AssertionError(f"no frame within {frames} frames satisfied the condition")
+def _frames_until(camera, predicate, frames=30):
+    return frames_until(camera, predicate, frames, timeout=5.0)
 
 
 def _in_auto(pipe) -> bool:
