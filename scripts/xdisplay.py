@@ -1,6 +1,7 @@
 """A private X server (Xvfb) for real-window tests and screenshots, and the X tools that drive it.
 
-`XServer` starts `Xvfb :N -screen 0 1280x1024x24` on a free display number and waits for its socket;
+`XServer` starts `Xvfb :N -screen 0 1280x1024x24` on a free display number and waits until it answers a
+request (its socket file appears before it accepts: a client started in between fails to open the display);
 `find_window`, `window_geometry`, `send_key` wrap xdotool; `screenshot` reads pixels with mss.
 Used by tests/test_window.py and scripts/screenshot_viewer.py.
 """
@@ -62,8 +63,17 @@ class XServer:
                 self.stop()
                 raise
             if self.process.poll() is None:
+                try:
+                    _poll(self._answers, timeout, f"Xvfb {self.display} to answer")
+                except TimeoutError:
+                    self.stop()
+                    raise
                 return self
         raise RuntimeError("no free X display number for Xvfb")
+
+    def _answers(self) -> bool:
+        result = subprocess.run(["xdotool", "getdisplaygeometry"], env=self.env, capture_output=True, timeout=20)
+        return result.returncode == 0
 
     @property
     def env(self) -> dict[str, str]:
@@ -112,17 +122,25 @@ class XServer:
             shot = np.asarray(grabber.grab(monitor))
         return np.ascontiguousarray(shot[:, :, :3])
 
-    def start_window_manager(self, timeout: float = 15.0) -> subprocess.Popen:
+    def start_window_manager(self, timeout: float = 15.0, attempts: int = 3) -> subprocess.Popen:
         """Run openbox on this display (a window manager: decorations, the close button, Alt+F4) and wait
-        until it answers `wmctrl -m`; stopped with the server."""
-        manager = subprocess.Popen(["openbox", "--sm-disable"], env=self.env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        self._children.append(manager)
-        _poll(lambda: subprocess.run(["wmctrl", "-m"], env=self.env, capture_output=True, timeout=10).returncode == 0
-              or manager.poll() is not None, timeout, "openbox")
-        if manager.poll() is not None:
-            raise RuntimeError("openbox exited at start")
-        return manager
+        until it answers `wmctrl -m`; stopped with the server. Openbox now and then exits with status 1 and
+        no message just after connecting to a fresh Xvfb (seen 1 in 5 starts on this machine); it is started
+        again, up to `attempts` times, and RuntimeError names its last exit status and stderr."""
+        import tempfile
+
+        for _attempt in range(attempts):
+            errors = tempfile.TemporaryFile()
+            manager = subprocess.Popen(["openbox", "--sm-disable"], env=self.env, stdout=subprocess.DEVNULL,
+                                       stderr=errors)
+            _poll(lambda: manager.poll() is not None or subprocess.run(
+                ["wmctrl", "-m"], env=self.env, capture_output=True, timeout=10).returncode == 0, timeout, "openbox")
+            if manager.poll() is None:
+                self._children.append(manager)
+                return manager
+            errors.seek(0)
+            failure = f"openbox exited at start ({manager.returncode}): {errors.read().decode(errors='replace')}"
+        raise RuntimeError(failure)
 
     def close_window(self, window: str) -> None:
         """Ask the window manager to close `window` gracefully, as its close button does (_NET_CLOSE_WINDOW,

@@ -141,6 +141,23 @@ def start_viewer(server: XServer, agent, tmp_path: Path, *extra: str) -> tuple[s
     return viewer, log_path, summary
 
 
+def press_alt_f4_until_closed(server: XServer, window: str, viewer: subprocess.Popen, attempts: int = 3) -> None:
+    """Press Alt+F4 in `window`; press it again while that same window is still up after 3 s. XTEST key events
+    now and then do not reach openbox's key grab (seen 1 in 10 on this machine: the window stayed active and
+    focused, the same X window id, and a second press closed it). A viewer that let its window "come back"
+    shows a NEW window id instead, which ends the retries and fails the test's checks."""
+    for _attempt in range(attempts):
+        server.send_key(window, "alt+F4")
+        deadline = time.monotonic() + 3.0
+        while viewer.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if viewer.poll() is not None:
+            return
+        shown = server.xdotool("search", "--onlyvisible", "--name", "picamlink", check=False).split()
+        if shown != [window]:
+            return  # closed (a new or no window now): the caller's wait and checks judge what followed
+
+
 @pytest.mark.parametrize("how", ["close button", "Alt+F4", "Ctrl-C"])
 def test_closing_the_window_quits_cleanly(managed_xserver, start_agent, tmp_path, how):
     agent = start_agent(size=(320, 240), fps=30.0)
@@ -151,7 +168,7 @@ def test_closing_the_window_quits_cleanly(managed_xserver, start_agent, tmp_path
         if how == "close button":
             managed_xserver.close_window(window)
         elif how == "Alt+F4":
-            managed_xserver.send_key(window, "alt+F4")
+            press_alt_f4_until_closed(managed_xserver, window, viewer)
         else:
             viewer.send_signal(signal.SIGINT)
         assert viewer.wait(15) == 0
