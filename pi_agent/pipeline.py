@@ -174,6 +174,13 @@ class CapturePipeline:
         self.camera_failures = 0  # failed captures since start (each reported as a camera_error event)
         self._fps_window: deque[float] = deque(maxlen=31)
 
+    @property
+    def last_sequence(self) -> int | None:
+        """The camera's frame number of the newest frame captured (None before the first). Read from any
+        thread: one reference read of an object the capture thread replaces whole."""
+        last = self._last
+        return None if last is None else last.frame.sequence
+
     # listeners -------------------------------------------------------------------------------------
     def add_listener(self, listener: Callable[[CapturedFrame, RawStats], None]) -> None:
         """Call `listener(frame, stats)` on the capture thread for every frame; it must be quick."""

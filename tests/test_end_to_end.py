@@ -88,64 +88,67 @@ def test_listeners_get_every_pixel_while_the_stream_carries_a_sample(start_agent
 
 
 def test_slow_viewer_sees_fresh_frames_while_the_other_keeps_full_rate(start_agent, connect):
-    """The slow viewer takes 5 frames a second from a 30 fps stream for 10 s: its frame age must not
-    grow, and the fast viewer must still get (nearly) every frame the camera produced."""
+    """The slow viewer takes one frame every 200 ms from a 30 fps stream, 40 times: the frame it gets is
+    always among the newest the agent captured (no queue builds up), while the fast viewer gets several
+    frames for each one the slow one reads.
+
+    Measured in frames, not milliseconds: the lag is how many frames the agent captured after the one the
+    viewer holds, so a slower (busy) machine, which captures fewer frames, does not change the outcome;
+    a queue would make the lag grow by every frame captured in each 200 ms."""
     agent = start_agent(size=(320, 240), fps=30)
     fast, slow = connect(agent), connect(agent)
-    slow.wait_frame(timeout=5)
-    first_fast = fast.wait_frame(timeout=5).sequence
-    received_before, dropped_before = fast.frames_received, fast.frames_dropped
-    ages: list[float] = []
-    end = time.monotonic() + 10.0
-    while time.monotonic() < end:  # the slow consumer: one frame every 200 ms
+    slow.wait_frame(timeout=30)
+    fast.wait_frame(timeout=30)
+    received_before = fast.frames_received
+    lags: list[int] = []
+    for _ in range(40):  # the slow consumer
         frame = slow.latest()
         frame.decode()
-        ages.append(frame.age_ms())
+        lags.append(agent.pipeline.last_sequence - frame.sequence)
         time.sleep(0.2)  # the slowness under test, not synchronisation
-    assert len(ages) >= 40
-    third = len(ages) // 3
-    first, last = np.median(ages[:third]), np.median(ages[-third:])
-    # Bounded: queueing would show as ages of seconds growing through the run. The 90th percentile is
-    # used because a loaded 2-core machine can deschedule the viewer for a moment.
-    assert np.percentile(ages, 90) < 150, f"slow viewer: 90% of frames younger than {np.percentile(ages, 90):.0f} ms"
-    assert max(ages) < 1000, f"slow viewer saw a frame {max(ages):.0f} ms old"
-    assert last < first + 50, f"frame age grew from {first:.1f} to {last:.1f} ms"
-    # The fast viewer's I/O thread got (nearly) every frame the agent captured meanwhile.
+    third = len(lags) // 3
+    first, last = np.median(lags[:third]), np.median(lags[-third:])
+    # the credit window (2) plus frames captured while the viewer's I/O thread was not running
+    assert np.median(lags) <= 4, f"slow viewer: frames held were {lags} behind the newest"
+    assert last <= first + 3, f"the slow viewer's lag grew from {first} to {last} frames: {lags}"
+    # The fast viewer was not held to the slow one's pace.
     received = fast.frames_received - received_before
-    dropped = fast.frames_dropped - dropped_before
-    assert received > 100 and fast.latest().sequence > first_fast + 100
-    assert dropped / (received + dropped) < 0.1, f"the fast viewer missed {dropped} of {received + dropped} frames"
+    assert received >= 3 * len(lags), f"the fast viewer got {received} frames while the slow one read {len(lags)}"
 
 
 def test_agent_never_queues_frames_for_a_viewer_that_reads_slowly(start_agent):
     """A protocol-level viewer with one credit that reads (and returns the credit for) one message every
-    200 ms: each frame it gets was captured at most one read period before, because the agent only sends
-    against credit and never queues. (With N credits a reader this slow sees ages up to N read periods.)"""
+    200 ms: each frame it gets was captured after its previous credit went back, because the agent only sends
+    against credit and never queues. Measured in frames (see the test above): the lag is the frames captured
+    during one read period, and does not grow. (With N credits a reader this slow lags N read periods.)"""
     agent = start_agent(size=(320, 240), fps=30)
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(f"tcp://127.0.0.1:{agent.port}")
-    ages = []
+    lags: list[int] = []
+    periods: list[int] = []  # frames the agent captured in each read period
     try:
         sock.send(p.encode(p.Hello(versions=[1], client="slow reader", credit=1)))
-        end = time.monotonic() + 10.0
-        while time.monotonic() < end:
+        deadline = time.monotonic() + 120.0  # a deadline for a busy machine, not the expected time
+        while len(lags) < 40 and time.monotonic() < deadline:
             if not sock.poll(1000):
                 continue
             message = p.decode(sock.recv()).message
             if isinstance(message, p.Frame):
-                ages.append((time.monotonic_ns() - message.capture_ns) / 1e6)  # same host, same clock
+                lags.append(agent.pipeline.last_sequence - message.frame)
+                before = agent.pipeline.last_sequence
                 sock.send(p.encode(p.Credit(n=1)))
                 time.sleep(0.2)  # the slow reader (the behaviour under test, not synchronisation)
+                periods.append(agent.pipeline.last_sequence - before)
     finally:
         sock.close()
-    assert len(ages) >= 40
-    third = len(ages) // 3
-    # one read period (200 ms) + one frame period + slack; the max allows a descheduled moment
-    assert np.percentile(ages, 90) < 300, f"p90 frame age {np.percentile(ages, 90):.0f} ms at the slow reader"
-    assert max(ages) < 1000, f"a frame {max(ages):.0f} ms old reached the slow reader"
-    assert np.median(ages[-third:]) < np.median(ages[:third]) + 30, "frame age grew over the run"
+    assert len(lags) == 40, f"only {len(lags)} frames in 120 s"
+    third = len(lags) // 3
+    # the frame read was captured after the previous credit went back: at most one read period's frames
+    # behind (+2: the frame in capture when the credit arrived, and one captured while the reader woke)
+    assert all(lag <= period + 2 for lag, period in zip(lags[1:], periods)), list(zip(lags[1:], periods))
+    assert np.median(lags[-third:]) <= np.median(lags[:third]) + 3, f"the lag grew over the run: {lags}"
 
 
 def test_command_round_trip_and_controls_show_in_metadata(start_agent, connect):

@@ -51,3 +51,22 @@ def test_the_summary_counts_events_by_name(start_agent, connect):
     camera.inject_fault("raise", 2)
     wait_until(lambda: client.event_counts.get("camera_recovered"), timeout=10, message="recovered event")
     assert client.event_counts["camera_error"] == 2
+
+
+def test_calibration_waits_for_a_frame_as_long_as_the_frame_period_needs(start_agent):
+    """A 5.6 s frame period (0.18 fps) is longer than calibration's old fixed 5 s wait for a frame: the wait
+    now follows the frame duration in force. Asked right after a frame arrived, the next one is a whole
+    period away, so a 5 s wait would fail every time."""
+    from pi_agent.calibration.frames import PipelineFrameSource
+
+    agent = start_agent(camera=SimulatedCamera(seed=1), fps=0.18, size=(320, 240))
+    source = PipelineFrameSource(agent.camera, agent.pipeline)
+    try:
+        assert source.frame_timeout() > 2 * 5.5
+        source.next(timeout=60)  # a frame has just arrived: the next is one frame period away
+        source.discard_queued()
+        frame, stats = source.next()  # no timeout given: the camera's own
+        assert frame.metadata["FrameDuration"] == pytest.approx(5_555_556, rel=0.01)
+        assert stats.pixels.sum() > 0
+    finally:
+        source.close()

@@ -161,7 +161,7 @@ def test_an_unauthorised_viewer_receives_no_frame_and_none_of_its_commands_runs(
         friend = start_client(f"127.0.0.1:{secure_agent.port}", CurveClient(agent_key, vkeys))
         try:
             before = friend.wait_frame(timeout=10).sequence
-            friend.wait_frame(newer_than=before + 10, timeout=5)
+            friend.wait_frame(newer_than=before + 10, timeout=30)  # a deadline: a loaded machine renders slowly
             assert secure_agent.server.viewer_count == 1
         finally:
             friend.close()

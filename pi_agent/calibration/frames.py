@@ -40,8 +40,15 @@ class FrameSource(abc.ABC):
     @abc.abstractmethod
     def _next(self, timeout: float) -> tuple[CapturedFrame, RawStats]: ...
 
-    def next(self, timeout: float = 5.0) -> tuple[CapturedFrame, RawStats]:
-        frame, stats = self._next(timeout)
+    def frame_timeout(self) -> float:
+        """Seconds to wait for one frame when the caller gives none: 5 s, or what the camera's frame duration
+        and exposure need (long exposures: a 2.5 s frame period is legal), whichever is longer."""
+        return 5.0
+
+    def next(self, timeout: float | None = None) -> tuple[CapturedFrame, RawStats]:
+        """The next frame and its full raw statistics; CameraError when none comes within `timeout` seconds
+        (default `frame_timeout()`)."""
+        frame, stats = self._next(self.frame_timeout() if timeout is None else timeout)
         if self._first is None:
             self._first = frame.sequence
         self._last = frame.sequence
@@ -59,7 +66,7 @@ class FrameSource(abc.ABC):
     def discard_queued(self) -> None:
         """Forget frames captured before now (after set_controls they cannot show the new values)."""
 
-    def fresh(self, timeout: float = 5.0) -> tuple[CapturedFrame, RawStats]:
+    def fresh(self, timeout: float | None = None) -> tuple[CapturedFrame, RawStats]:
         """A frame whose capture certainly started after this call (e.g. after a lens shading table was
         applied): queued frames are dropped and the one that may have been in flight is skipped."""
         self.discard_queued()
@@ -77,7 +84,7 @@ class CameraFrameSource(FrameSource):
         frame = self.camera.capture(timeout=timeout)
         return frame, compute_stats(frame.raw, frame.bayer_order, frame.bit_depth, frame.black_level)
 
-    def fresh(self, timeout: float = 5.0) -> tuple[CapturedFrame, RawStats]:
+    def fresh(self, timeout: float | None = None) -> tuple[CapturedFrame, RawStats]:
         return self.next(timeout)  # nothing is in flight between our own captures
 
 
@@ -90,7 +97,7 @@ class StillFrameSource(FrameSource):
         frame = self.camera.capture_still(timeout=max(timeout, 30.0))  # a 12 MP still: two mode switches and a frame
         return frame, compute_stats(frame.raw, frame.bayer_order, frame.bit_depth, frame.black_level)
 
-    def fresh(self, timeout: float = 5.0) -> tuple[CapturedFrame, RawStats]:
+    def fresh(self, timeout: float | None = None) -> tuple[CapturedFrame, RawStats]:
         return self.next(timeout)  # every still is a new request made after this call
 
 
@@ -103,6 +110,9 @@ class PipelineFrameSource(FrameSource):
         self._frames: deque[tuple[CapturedFrame, RawStats]] = deque(maxlen=keep)
         self._cond = threading.Condition()
         pipeline.add_listener(self._on_frame)
+
+    def frame_timeout(self) -> float:
+        return max(5.0, self._pipeline.capture_timeout())
 
     def _on_frame(self, frame: CapturedFrame, stats: RawStats) -> None:
         with self._cond:

@@ -609,13 +609,12 @@ class SimulatedCamera(CameraBackend):
             colour_gains = override["ColourGains"]
         still_lines = s.exposure_lines(exposure_us, m)
         t_us = still_lines * m.line_time_us
-        started = time.monotonic()
+        # `timeout` is how long a camera may take to deliver; this one renders on the host's CPU, which a
+        # loaded machine slows without the simulated camera being late, so it never expires here.
         raw, black = self._render_still(m, t_us, gain, sim_time, np.random.default_rng([self.seed, 0x57111, index]))
         isp = Isp(m.size, s.bayer_order, m.bit_depth, black, m.size, mode_crop=m.crop, full_array=s.full_array)
         isp.set_lens_shading(table)
         main = isp.process(raw, colour_gains)
-        if time.monotonic() - started > timeout:
-            raise CameraError(f"the still took longer than {timeout} s")
         exposure_int = int(math.ceil(t_us - 1e-6))
         black16 = black << (16 - m.bit_depth)
         stats = self._site_means(raw, black, 2**m.bit_depth - 1)
