@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ["bench_calibration", "bench_sim", "bench_stats", "bench_stream", "soak", "make_replay", "screenshot_viewer"]
+TOOLS = ["bench_calibration", "bench_sim", "bench_stats", "bench_stream", "soak", "make_replay", "screenshot_viewer",
+         "under_load"]
 
 
 def tree_state() -> dict[str, str]:
