@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 SUPPORTED_CONTROLS = ("ExposureTime", "AnalogueGain", "ColourGains", "AeEnable", "AwbEnable", "FrameDurationLimits")
 MAIN_FORMAT = "RGB888"  # B,G,R bytes in memory: what CapturedFrame.main and the JPEG encoder want
 REOPEN_GRACE_S = 30.0  # how long a capture may wait while the camera is being reopened with a new tuning
+HELD_REQUEST_WAIT_S = 10.0  # how long a stop/configure waits for a capture to give back the request it holds
 
 
 def _import_picamera2():
@@ -176,7 +177,9 @@ class Picamera2Camera(CameraBackend):
         self._table: LensShadingTable | None = None
         self._raw_format = None
         self._request_lock = threading.Lock()  # a delivered request being read vs. the camera being switched
+        self._request_cond = threading.Condition(self._request_lock)
         self._generation = 0  # +1 whenever the camera stops or is configured: older requests are stale
+        self._in_hand = 0  # captures between asking for a request and releasing it (guarded by _request_lock)
         try:
             _fresh_camera_manager(picamera2_module)  # whatever listed the cameras before must not pin the tuning
         except CameraError as exc:
@@ -396,11 +399,17 @@ class Picamera2Camera(CameraBackend):
 
     def _invalidate_requests(self, cam) -> None:
         """Before the camera is stopped or configured again: wake a waiting capture (its job is cancelled, it
-        asks again) and make a request it already holds stale (it releases without reading)."""
+        asks again), make a request it already holds stale (it releases without reading), and wait until it
+        has released it. A request held across configure() breaks picamera2's DmaAllocator: the held buffer
+        stays mapped while its fd is closed and the number reused, and a later configure() raises KeyError
+        in DmaAllocator.cleanup (picamera2/allocators/dmaallocator.py; seen under load)."""
         if cam is not None:
             _cancel_jobs(cam)
-        with self._request_lock:
+        with self._request_cond:
             self._generation += 1
+            if not self._request_cond.wait_for(lambda: self._in_hand == 0, HELD_REQUEST_WAIT_S):
+                log.warning("a capture still holds a request after %.0f s; reconfiguring the camera anyway",
+                            HELD_REQUEST_WAIT_S)
 
     # ================================================================ frames
     def capture(self, timeout: float = 2.0) -> CapturedFrame:
@@ -420,31 +429,38 @@ class Picamera2Camera(CameraBackend):
                     job = cam.capture_request(wait=False)
                 except RuntimeError as exc:
                     raise CameraError(f"capture failed: {exc}") from exc
+                with self._request_lock:
+                    self._in_hand += 1  # under the camera lock: a stop/configure after this waits for us
                 fmt, size, bits, main_format = self._raw_format, self._raw_size, self._bit_depth, self._main_format
             finally:
                 self._lock.release()
             try:
-                request = cam.wait(job, timeout)
-            except TimeoutError:
-                _abandon(cam, job)
-                raise CameraError(f"no frame from the camera within {timeout:.3g} s") from None
-            except CancelledError:
-                if time.monotonic() < deadline:
-                    continue  # the camera was stopped or switched meanwhile: ask the camera as it is now
-                raise CameraError("capture cancelled: the camera was stopped") from None
-            except RuntimeError as exc:
-                raise CameraError(f"capture failed: {exc}") from exc
-            with self._request_lock:
-                stale = generation != self._generation  # configured again since: the buffers are not ours
-                try:  # pixels and metadata of one request, and the buffers go back at once
-                    if not stale:
-                        main = request.make_array("main")
-                        raw8 = request.make_array("raw")
-                        metadata = request.get_metadata()
-                        sequence = self._sequence
-                        self._sequence += 1
-                finally:
-                    request.release()
+                try:
+                    request = cam.wait(job, timeout)
+                except TimeoutError:
+                    _abandon(cam, job)
+                    raise CameraError(f"no frame from the camera within {timeout:.3g} s") from None
+                except CancelledError:
+                    if time.monotonic() < deadline:
+                        continue  # the camera was stopped or switched meanwhile: ask the camera as it is now
+                    raise CameraError("capture cancelled: the camera was stopped") from None
+                except RuntimeError as exc:
+                    raise CameraError(f"capture failed: {exc}") from exc
+                with self._request_lock:
+                    stale = generation != self._generation  # configured again since: the buffers are not ours
+                    try:  # pixels and metadata of one request, and the buffers go back at once
+                        if not stale:
+                            main = request.make_array("main")
+                            raw8 = request.make_array("raw")
+                            metadata = request.get_metadata()
+                            sequence = self._sequence
+                            self._sequence += 1
+                    finally:
+                        request.release()
+            finally:
+                with self._request_cond:
+                    self._in_hand -= 1
+                    self._request_cond.notify_all()
             if not stale:
                 break
         try:
