@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -127,19 +128,18 @@ class XServer:
         until it answers `wmctrl -m`; stopped with the server. Openbox now and then exits with status 1 and
         no message just after connecting to a fresh Xvfb (seen 1 in 5 starts on this machine); it is started
         again, up to `attempts` times, and RuntimeError names its last exit status and stderr."""
-        import tempfile
-
         for _attempt in range(attempts):
-            errors = tempfile.TemporaryFile()
-            manager = subprocess.Popen(["openbox", "--sm-disable"], env=self.env, stdout=subprocess.DEVNULL,
-                                       stderr=errors)
-            _poll(lambda: manager.poll() is not None or subprocess.run(
-                ["wmctrl", "-m"], env=self.env, capture_output=True, timeout=10).returncode == 0, timeout, "openbox")
-            if manager.poll() is None:
-                self._children.append(manager)
-                return manager
-            errors.seek(0)
-            failure = f"openbox exited at start ({manager.returncode}): {errors.read().decode(errors='replace')}"
+            with tempfile.TemporaryFile() as errors:  # openbox keeps its own descriptor of it
+                manager = subprocess.Popen(["openbox", "--sm-disable"], env=self.env, stdout=subprocess.DEVNULL,
+                                           stderr=errors)
+                _poll(lambda: manager.poll() is not None or subprocess.run(
+                    ["wmctrl", "-m"], env=self.env, capture_output=True, timeout=10).returncode == 0, timeout,
+                    "openbox")
+                if manager.poll() is None:
+                    self._children.append(manager)
+                    return manager
+                errors.seek(0)
+                failure = f"openbox exited at start ({manager.returncode}): {errors.read().decode(errors='replace')}"
         raise RuntimeError(failure)
 
     def close_window(self, window: str) -> None:

@@ -148,11 +148,11 @@ def press_alt_f4_until_closed(server: XServer, window: str, viewer: subprocess.P
     shows a NEW window id instead, which ends the retries and fails the test's checks."""
     for _attempt in range(attempts):
         server.send_key(window, "alt+F4")
-        deadline = time.monotonic() + 3.0
-        while viewer.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if viewer.poll() is not None:
+        try:
+            viewer.wait(3.0)
             return
+        except subprocess.TimeoutExpired:
+            pass
         shown = server.xdotool("search", "--onlyvisible", "--name", "picamlink", check=False).split()
         if shown != [window]:
             return  # closed (a new or no window now): the caller's wait and checks judge what followed

@@ -176,8 +176,8 @@ class Picamera2Camera(CameraBackend):
         self._sequence = 0
         self._table: LensShadingTable | None = None
         self._raw_format = None
-        self._request_lock = threading.Lock()  # a delivered request being read vs. the camera being switched
-        self._request_cond = threading.Condition(self._request_lock)
+        # a delivered request being read vs. the camera being switched; notified when a capture lets go of one
+        self._request_lock = threading.Condition(threading.Lock())
         self._generation = 0  # +1 whenever the camera stops or is configured: older requests are stale
         self._in_hand = 0  # captures between asking for a request and releasing it (guarded by _request_lock)
         try:
@@ -405,9 +405,9 @@ class Picamera2Camera(CameraBackend):
         in DmaAllocator.cleanup (picamera2/allocators/dmaallocator.py; seen under load)."""
         if cam is not None:
             _cancel_jobs(cam)
-        with self._request_cond:
+        with self._request_lock:
             self._generation += 1
-            if not self._request_cond.wait_for(lambda: self._in_hand == 0, HELD_REQUEST_WAIT_S):
+            if not self._request_lock.wait_for(lambda: self._in_hand == 0, HELD_REQUEST_WAIT_S):
                 log.warning("a capture still holds a request after %.0f s; reconfiguring the camera anyway",
                             HELD_REQUEST_WAIT_S)
 
@@ -458,9 +458,9 @@ class Picamera2Camera(CameraBackend):
                     finally:
                         request.release()
             finally:
-                with self._request_cond:
+                with self._request_lock:
                     self._in_hand -= 1
-                    self._request_cond.notify_all()
+                    self._request_lock.notify_all()
             if not stale:
                 break
         try:
