@@ -144,6 +144,12 @@ def _call_back(callback: Callable | None, message, what: str) -> None:
         log.exception("%s callback failed", what)
 
 
+def _agent_instance(welcome: Welcome | None) -> str | None:
+    """The agent instance a welcome names (it changes when the agent restarts); None if it names none."""
+    agent = welcome.agent if welcome is not None else None
+    return agent.get("instance") if isinstance(agent, dict) else None
+
+
 class AgentClient(TypedCommands):
     """A connection to one agent. Thread-safe for the application; one internal I/O thread.
 
@@ -710,11 +716,11 @@ class AgentClient(TypedCommands):
             pending = self._pending.get(command_id)
         if pending is not None:
             pending.connection = self._connection
-            pending.instance = (self.welcome.agent or {}).get("instance") if self.welcome else None
+            pending.instance = _agent_instance(self.welcome)
 
     def _agent_changed(self, welcome: Welcome) -> None:
         """A welcome from another agent instance (it restarted): what ran on the old one never replies."""
-        instance = (welcome.agent or {}).get("instance") if isinstance(welcome.agent, dict) else None
+        instance = _agent_instance(welcome)
         with self._lock:
             orphans = [p for p in self._pending.values() if p.instance is not None and p.instance != instance]
         for pending in orphans:
