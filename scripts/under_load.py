@@ -5,7 +5,8 @@ Why: the test suite must stay green on a busy 2-core machine (issue 16 item 8); 
     .venv/bin/python scripts/under_load.py --busy 4 --runs 3 -- scripts/test.sh
 
 Each busy process is a Python loop that never sleeps (nice 0, like `stress`). With --runs K the command runs
-K times in a row and stops at the first failure. Exit status: the command's (0 when every run passed).
+K times in a row and stops at the first failure. Exit status: the command's (0 when every run passed; 127
+when it cannot be run). The busy processes are stopped however it ends.
 The load average seen during each run is printed at its end, so a report says what load the runs had.
 """
 
@@ -47,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for run in range(1, args.runs + 1):
             started = time.monotonic()
-            status = subprocess.call(args.command)
+            try:
+                status = subprocess.call(args.command)
+            except OSError as exc:  # not found, not executable: say so, as a shell would (127)
+                print(f"under_load: cannot run {args.command[0]!r}: {exc.strerror}", file=sys.stderr, flush=True)
+                return 127
             load = os.getloadavg()
             print(f"under_load: run {run}/{args.runs} with {args.busy} busy processes: exit {status} after "
                   f"{time.monotonic() - started:.0f} s; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}",

@@ -62,3 +62,27 @@ def test_readme_commands_use_the_venv_and_keep_files_out_of_the_clone():
     ignored = subprocess.run(["git", "check-ignore", "-q", "run.mkv"], cwd=ROOT)
     assert ignored.returncode == 0  # the recording example's file is ignored when made in the clone
     assert "127.0.0.1:${PORT}" in (ROOT / "scripts" / "demo.sh").read_text().split("pi-agent")[0]  # said first
+
+
+def test_under_load_runs_the_command_and_stops_its_busy_processes():
+    """scripts/under_load.py: the command's exit status, a clear error for a command that does not exist, and
+    no busy process left behind either way."""
+    import psutil
+
+    from scripts.under_load import BUSY_LOOP
+
+    def hogs() -> set[int]:  # busy processes anywhere (an orphaned one would no longer be under this test)
+        return {p.pid for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-1:] == [BUSY_LOOP]}
+
+    before = hogs()
+    ok = subprocess.run([sys.executable, "scripts/under_load.py", "--busy", "2", "--runs", "2", "--", "true"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.count("exit 0") == 2, ok.stdout + ok.stderr
+    failed = subprocess.run([sys.executable, "scripts/under_load.py", "--busy", "1", "--runs", "3", "--", "false"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1 and "run 1/3" in failed.stdout and "run 2/3" not in failed.stdout
+    missing = subprocess.run([sys.executable, "scripts/under_load.py", "--busy", "1", "--", "no-such-command-here"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 127 and "cannot run 'no-such-command-here'" in missing.stderr, missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert hogs() <= before  # every busy process was stopped
