@@ -479,10 +479,10 @@ class Picamera2Camera(CameraBackend):
     def capture_still(self, timeout: float = 5.0) -> CapturedFrame:
         """One request in the sensor's full-resolution mode, then the stream back in its own mode.
 
-        picamera2's `switch_mode_capture_request_and_stop(still_config)` (stop, configure the still, start,
-        take one request, stop); the request is read and released before the video configuration is
-        configured and started again — the order picamera2's docstring recommends against CMA fragmentation
-        (#154). The video configuration is rebuilt by `configure` with the controls requested now: picamera2's
+        picamera2's stop, configure the still, start, take one request (what its
+        switch_mode_capture_request_and_stop does, but with configure() outside its event loop: see the code);
+        the request is read and released before the video configuration is configured and started again — the
+        order picamera2's docstring recommends against CMA fragmentation (#154). The video configuration is rebuilt by `configure` with the controls requested now: picamera2's
         own switch back (`switch_mode_and_capture_request`) would re-send the controls the video configuration
         was created with, undoing any set_controls since. The still configuration carries the requested
         controls too; values under AGC/AWB carry over in libcamera's IPA across the mode switch. The stream
@@ -508,7 +508,16 @@ class Picamera2Camera(CameraBackend):
                         buffer_count=1, queue=False, controls=controls,
                     )
                     self._invalidate_requests(cam)  # the stream's waiting capture asks again after the switch
-                    job = cam.switch_mode_capture_request_and_stop(still, wait=False)
+                    # Stop, configure, start, take one request: not picamera2's switch_mode_capture_request_and_stop,
+                    # whose configure runs as a job inside process_requests while that call still holds the
+                    # frame it hands to the preview; allocate() then closes that buffer's fd, a new buffer
+                    # takes the number, and a later configure raises KeyError in DmaAllocator.cleanup
+                    # (picamera2.py process_requests / allocators/dmaallocator.py). cam.stop() returns only
+                    # after process_requests let go of it, and configure() on a stopped camera runs here.
+                    cam.stop()
+                    cam.configure(still)
+                    cam.start()
+                    job = cam.capture_request(wait=False)
                     request = cam.wait(job, timeout)
                 except TimeoutError:
                     _abandon(cam, job)  # else the stop below would queue behind it forever
