@@ -103,6 +103,7 @@ def test_commands_sent_just_before_an_outage_are_settled_by_their_expiry(start_a
         client.wait_connected(10)
         client.wait_frame(timeout=10)
         wait_until(lambda: client.clock.known, message="a clock offset")
+        before_stall = client.latest().sequence
         relay.stall(outage)
         sent = time.monotonic()
         pending = [client.send_command("set_controls", {"controls": {"ExposureTime": 2000 + i}}, ttl=2.0)
@@ -114,8 +115,12 @@ def test_commands_sent_just_before_an_outage_are_settled_by_their_expiry(start_a
                 assert exc.code in ("timeout", "not_connected", "expired"), exc
                 assert "expiry" in exc.message or "not connected" in exc.message or "expir" in exc.message
         assert time.monotonic() - sent < 8.0
-        # And the link comes back: the same client is served again.
+        # And the link comes back: the same client is served again. Served means frames reach it again: the
+        # relay releases the connections the client abandoned during the stall together with its newest one,
+        # and until those are gone the agent's ROUTER may route to one of them (ROUTER_HANDOVER follows the
+        # last handshake), so "connected" alone can come a moment before the agent's replies find the client.
         wait_until(lambda: client.state == "connected", timeout=15, message="reconnection")
+        client.wait_frame(newer_than=before_stall, timeout=15)
         assert client.command("status", timeout=10)["viewers"] >= 1
     finally:
         client.close()
