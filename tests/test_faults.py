@@ -258,10 +258,12 @@ def test_both_sides_cap_inbound_size_at_the_socket():
 # --- peers that vanish: the socket thread survives everything a peer does (issue 17) ---------------------
 
 def _hello_then_close(ctx: zmq.Context, port: int, count: int) -> None:
-    """`count` viewers that say hello and close at once (linger lets the hello out; the welcome finds no one)."""
+    """`count` viewers that say hello and close at once (linger lets the hello out; the welcome finds no one).
+    The linger is long so that a busy machine's slow connects still deliver the hello (with 1 s, only 101 of
+    300 arrived under 4 busy processes); the caller's ctx.destroy(linger=0) ends whatever is left."""
     for _ in range(count):
         sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.LINGER, 30_000)
         sock.connect(f"tcp://127.0.0.1:{port}")
         sock.send(p.encode(p.Hello(credit=2)))
         sock.close()
