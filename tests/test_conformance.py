@@ -15,6 +15,7 @@ harder, while a broken rule (a ninth frame, a frame without credit) shows within
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 import signal
 import socket
@@ -35,6 +36,7 @@ SETTABLE = {"ExposureTime", "AnalogueGain", "ColourGains", "AeEnable", "AwbEnabl
 MAX_CREDIT = 8
 LONGEST_LINE_US = 34  # the spec: a sensor line lasts at most 34 µs on the supported sensors
 QUIET_S = 0.6  # ≈ 18 frame periods at 30 fps
+_MONITOR_IDS = itertools.count()
 
 
 # --- an agent process -------------------------------------------------------------------------------
@@ -84,7 +86,7 @@ class AgentProcess:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
+                self.proc.wait(30)
         self.log.close()
 
 
@@ -114,7 +116,13 @@ class Peer:
         self.sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024 * 1024)
         for option, value in (curve or {}).items():
             self.sock.setsockopt(option, value)
-        self.monitor = self.sock.get_monitor_socket()
+        # A name of our own: pyzmq's default names the monitor after the socket's file descriptor, which a
+        # new socket reuses while libzmq's reaper may still hold the old name.
+        address = f"inproc://conformance-monitor-{next(_MONITOR_IDS)}"
+        self.sock.monitor(address, zmq.EVENT_ALL)
+        self.monitor = ctx.socket(zmq.PAIR)
+        self.monitor.setsockopt(zmq.LINGER, 0)
+        self.monitor.connect(address)
         self.sock.connect(endpoint)
         self.seq = 0
         self.received: list[dict] = []
@@ -122,6 +130,14 @@ class Peer:
         self.last_sent = time.monotonic()
 
     def close(self) -> None:
+        """libzmq sends each monitor event blocking, holding the socket's monitor lock (socket_base.cpp,
+        monitor_event): with the reader's queue full, or the reader closed while monitoring is on, the
+        sending thread (the context's I/O thread) waits forever, and disable_monitor() behind it
+        (zeromq/libzmq#3575). So: read what is queued, stop monitoring, then close the reader. Idempotent."""
+        if self.sock.closed:
+            return
+        while self.monitor.poll(0):
+            self.monitor.recv_multipart()
         self.sock.disable_monitor()
         self.monitor.close(linger=0)
         self.sock.close(linger=0)
@@ -249,18 +265,23 @@ def white_agent(tmp_path_factory, context):
         process.stop()
 
 
-@pytest.fixture
-def peer(agent, context):
-    """peer() -> a new connection to the module's agent; all closed after the test."""
+def _peers(context, endpoint: str):
+    """A fixture body: make() -> a new connection to `endpoint`; all closed after the test, passed or not."""
     peers: list[Peer] = []
 
     def make() -> Peer:
-        peers.append(Peer(context, agent.endpoint))
+        peers.append(Peer(context, endpoint))
         return peers[-1]
 
     yield make
     for p in peers:
         p.close()
+
+
+@pytest.fixture
+def peer(agent, context):
+    """peer() -> a new connection to the module's agent."""
+    yield from _peers(context, agent.endpoint)
 
 
 # --- handshake and envelope ----------------------------------------------------------------------------
@@ -612,8 +633,14 @@ def test_cancel_of_a_command_that_is_not_running_answers_an_empty_list(peer):
     assert viewer.result("cancel")["cancelled"] == []
 
 
-def test_calibrate_progress_busy_cancel_and_result(white_agent, context):
-    viewer, other = Peer(context, white_agent.endpoint), Peer(context, white_agent.endpoint)
+@pytest.fixture
+def white_peer(white_agent, context):
+    """white_peer() -> a new connection to the white-target agent."""
+    yield from _peers(context, white_agent.endpoint)
+
+
+def test_calibrate_progress_busy_cancel_and_result(white_peer):
+    viewer, other = white_peer(), white_peer()
     viewer.hello(credit=0)
     other.hello(credit=0)
     viewer.send("command", id="cal-1", name="calibrate", args={"what": "all"})
@@ -653,8 +680,6 @@ def test_calibrate_progress_busy_cancel_and_result(white_agent, context):
     assert viewer.result("status")["calibration"]["in_force"] is True
     cleared = viewer.result("clear_calibration")
     assert cleared["cleared"] is True and type(cleared["state_file_removed"]) is bool
-    viewer.close()
-    other.close()
 
 
 def test_a_calibration_that_cannot_reach_its_goal_fails(peer):
@@ -710,7 +735,7 @@ def _certificate(public: str) -> str:
 def test_curve_with_the_allowlist(tmp_path, context):
     config = tmp_path / "config"
     keys = subprocess.run(_agent_command() + ["keys", "--config-dir", str(config)], capture_output=True, text=True,
-                          check=True, cwd=ROOT)
+                          check=True, cwd=ROOT, timeout=60)
     agent_key = keys.stdout.strip().encode()
     allowed_public, allowed_secret = zmq.curve_keypair()
     stranger_public, stranger_secret = zmq.curve_keypair()
