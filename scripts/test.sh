@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure_apt.sh
 scripts/setup.sh dev
+echo "test.sh: set up in ${SECONDS} s; running the tests" >&2
 exec .venv/bin/python -m pytest -q "$@"
