@@ -127,11 +127,16 @@ class PendingCommand:
     next_probe: float = 0.0  # when to ask the agent (status) whether a job cut off by an outage still runs
     finished_at: float | None = None  # when a probe found the agent idle again (its reply may still come)
     probe_state: dict = field(default_factory=dict)  # what that probe said (the agent's calibration state)
+    command: Command | None = None  # the message as sent: a read-only command is sent again after a reconnection
 
 
 REPLY_GRACE_S = 1.0  # a reply may arrive this long after the command's expiry (round trip, scheduling)
 PROBE_EVERY_S = 2.0  # how often to ask about a job cut off by a reconnection
 LOST_AFTER_IDLE_S = 2.0  # agent idle this long with no final reply: the reply was lost in the outage
+# Commands that change nothing on the agent: one cut off by a reconnection is asked again on the new
+# connection (its answer describes the agent now, which is what the caller asked for) instead of failing
+# with reply_lost. Everything else is asked after, never repeated: running it twice could do harm.
+READ_ONLY_COMMANDS = frozenset({"status", "get_controls"})
 
 
 def _call_back(callback: Callable | None, message, what: str) -> None:
@@ -327,9 +332,9 @@ class AgentClient(TypedCommands):
         expires = 0  # no expiry until the clock offset is known
         if self.clock.known:  # a deadline before the agent's clock began is already past, never "none" (0)
             expires = min(max(self.clock.to_agent(time.monotonic_ns() + int(ttl * 1e9)), 1), 2**64 - 1)
-        pending = PendingCommand(id=command_id, name=name, future=Future(), on_progress=on_progress,
-                                 deadline=time.monotonic() + max(ttl, 0.0) + REPLY_GRACE_S)
         command = Command(id=command_id, name=name, args=args or {}, expires_ns=expires)
+        pending = PendingCommand(id=command_id, name=name, future=Future(), on_progress=on_progress,
+                                 deadline=time.monotonic() + max(ttl, 0.0) + REPLY_GRACE_S, command=command)
         problem = self._unsendable(command)
         if problem is not None:
             pending.future.set_exception(command_error(*problem))
@@ -733,6 +738,7 @@ class AgentClient(TypedCommands):
 
         A command nobody has heard of by its expiry (plus REPLY_GRACE_S) did not run if it never reached the
         agent (the agent refuses expired commands) or its reply was lost: either way it fails now, not never.
+        A read-only command (READ_ONLY_COMMANDS) sent on an earlier connection is sent again on this one.
         A job that sent progress but was cut off by a reconnection is asked after (a `status` probe): while
         the agent is busy we wait; once it is idle and no final reply came, the reply was lost in the outage
         and the command fails with the agent's calibration state as the error's detail."""
@@ -759,6 +765,10 @@ class AgentClient(TypedCommands):
                 continue
             # Sent (or last heard of) on an earlier connection, with or without progress yet: ask the agent.
             if p.connection == self._connection or not connected:
+                continue
+            if p.name in READ_ONLY_COMMANDS and p.command is not None:
+                if self._send(sock, p.command):  # the same id and expiry: a reply to either copy settles it
+                    p.connection = self._connection
                 continue
             if p.finished_at is not None and now - p.finished_at > LOST_AFTER_IDLE_S:
                 how = ("ended on the agent while the link to {a} was down and its reply was lost" if p.progress else

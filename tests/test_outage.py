@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class StallingRelay:
-    """Forwards 127.0.0.1:<port> to the agent; `stall(seconds)` holds all traffic for that long."""
+    """Forwards 127.0.0.1:<port> to the agent; `stall(seconds)` holds all traffic for that long;
+    `stall(seconds, then_cut=True)` then closes the connections that were open when it began, discarding
+    what they held (an access point that forgot them): whatever was sent on them never arrives."""
 
     def __init__(self, target_port: int):
         self.target = ("127.0.0.1", target_port)
@@ -33,12 +35,21 @@ class StallingRelay:
         self._open = threading.Event()
         self._open.set()
         self._stop = threading.Event()
+        self._accepted = 0  # connections accepted so far (the accept thread's count)
+        self._cut_below = 0  # connections numbered below this are closed when they next move data
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
 
-    def stall(self, seconds: float) -> None:
+    def stall(self, seconds: float, then_cut: bool = False) -> None:
         self._open.clear()
-        threading.Timer(seconds, self._open.set).start()
+        open_now = self._accepted
+
+        def end() -> None:
+            if then_cut:
+                self._cut_below = open_now
+            self._open.set()
+
+        threading.Timer(seconds, end).start()
 
     def _accept(self) -> None:
         self.listener.settimeout(0.1)
@@ -52,21 +63,26 @@ class StallingRelay:
             except OSError:
                 client.close()
                 continue
-            t = threading.Thread(target=self._pump, args=(client, upstream), daemon=True)
+            t = threading.Thread(target=self._pump, args=(client, upstream, self._accepted), daemon=True)
+            self._accepted += 1
             t.start()
 
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+    def _pump(self, a: socket.socket, b: socket.socket, number: int) -> None:
         peers = {a: b, b: a}
         try:
             while not self._stop.is_set():
                 if not self._open.wait(0.05):
                     continue  # stalled: read nothing, send nothing
+                if number < self._cut_below:
+                    return  # cut: what it held is dropped with it
                 readable, _, _ = select.select(list(peers), [], [], 0.05)
                 for sock in readable:
                     data = sock.recv(65536)
                     if not data:
                         return
                     self._open.wait()  # a stall that began meanwhile holds this chunk too
+                    if number < self._cut_below:
+                        return
                     peers[sock].sendall(data)
         except OSError:
             return
@@ -122,6 +138,32 @@ def test_commands_sent_just_before_an_outage_are_settled_by_their_expiry(start_a
         wait_until(lambda: client.state == "connected", timeout=15, message="reconnection")
         client.wait_frame(newer_than=before_stall, timeout=15)
         assert client.command("status", timeout=10)["viewers"] >= 1
+    finally:
+        client.close()
+
+
+def test_a_read_only_command_cut_off_by_an_outage_is_asked_again_and_a_change_is_not(start_agent, relay_to):
+    """The link drops out and the connection the commands went on is lost with them: `status` and
+    `get_controls` are sent again on the new connection and answer; `set_controls` is never repeated (it
+    might have run) and ends with reply_lost. The agent shows it never ran."""
+    agent = start_agent()
+    relay = relay_to(agent)
+    client = AgentClient(f"127.0.0.1:{relay.port}").start()
+    try:
+        client.wait_connected(10)
+        client.wait_frame(timeout=10)
+        wait_until(lambda: client.clock.known, message="a clock offset")
+        relay.stall(4.0, then_cut=True)  # longer than the client's 1.5 s silence: it reconnects meanwhile
+        status = client.send_command("status", ttl=30)
+        controls = client.send_command("get_controls", ttl=30)
+        change = client.send_command("set_controls", {"controls": {"ExposureTime": 2345}}, ttl=30)
+        assert status.future.result(timeout=40)["viewers"] >= 1
+        assert "ExposureTime" not in controls.future.result(timeout=40)["controls"]
+        with pytest.raises(CommandFailed) as lost:
+            change.future.result(timeout=40)
+        assert lost.value.code == "reply_lost", lost.value
+        assert client.reconnects >= 1
+        assert agent.camera.controls().get("ExposureTime") != 2345, "the change was sent once and cut off"
     finally:
         client.close()
 
