@@ -110,15 +110,25 @@ def relay_to(start_agent):
         relay.close()
 
 
-@pytest.mark.parametrize("outage", [2.5, 5.0])
-def test_commands_sent_just_before_an_outage_are_settled_by_their_expiry(start_agent, relay_to, outage):
-    agent = start_agent()
-    relay = relay_to(agent)
+def _streaming_client(relay: StallingRelay) -> AgentClient:
+    """A started client through `relay`, connected, with a frame and the agent's clock offset."""
     client = AgentClient(f"127.0.0.1:{relay.port}").start()
     try:
         client.wait_connected(10)
         client.wait_frame(timeout=10)
         wait_until(lambda: client.clock.known, message="a clock offset")
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+@pytest.mark.parametrize("outage", [2.5, 5.0])
+def test_commands_sent_just_before_an_outage_are_settled_by_their_expiry(start_agent, relay_to, outage):
+    agent = start_agent()
+    relay = relay_to(agent)
+    client = _streaming_client(relay)
+    try:
         before_stall = client.latest().sequence
         relay.stall(outage)
         sent = time.monotonic()
@@ -148,11 +158,8 @@ def test_a_read_only_command_cut_off_by_an_outage_is_asked_again_and_a_change_is
     might have run) and ends with reply_lost. The agent shows it never ran."""
     agent = start_agent()
     relay = relay_to(agent)
-    client = AgentClient(f"127.0.0.1:{relay.port}").start()
+    client = _streaming_client(relay)
     try:
-        client.wait_connected(10)
-        client.wait_frame(timeout=10)
-        wait_until(lambda: client.clock.known, message="a clock offset")
         relay.stall(4.0, then_cut=True)  # longer than the client's 1.5 s silence: it reconnects meanwhile
         status = client.send_command("status", ttl=30)
         controls = client.send_command("get_controls", ttl=30)
