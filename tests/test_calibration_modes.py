@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from pi_agent.calibration.exposure import calibrate_exposure
-from pi_agent.calibration.frames import CameraFrameSource
 from pi_agent.calibration.lens_shading import calibrate_lens_shading, fit_lens_shading
 from pi_agent.calibration.service import table_geometry_problem
 from pi_agent.camera.sensors import get_sensor
 from pi_agent.camera.tuning import MAX_GAIN, table_from_tuning
+from tests.conftest import frame_source
 
 
 def white_module(**kwargs):
@@ -62,7 +62,7 @@ def switch_mode(cam, raw_size) -> None:
 def test_a_table_calibrated_in_the_cropped_1080p_mode_is_right_in_every_mode(picamera2_camera):
     cam, pi = picamera2_camera(white_module(seed=3), size=(320, 180), raw_size=(1920, 1080))
     assert cam.configuration["raw"]["size"] == (1920, 1080)
-    source = CameraFrameSource(cam)
+    source = frame_source(cam)
     assert calibrate_exposure(source)["converged"]
     report, table, tuning = calibrate_lens_shading(source)
     # it said where it measured, and the table records that geometry
@@ -84,7 +84,7 @@ def test_a_table_calibrated_in_the_cropped_1080p_mode_is_right_in_every_mode(pic
 def test_a_table_fitted_on_the_crop_would_be_wrong_in_the_full_field(picamera2_camera):
     """The kind of fault the full-field measurement removes: the crop's raw fitted as if it were the array."""
     cam, pi = picamera2_camera(white_module(seed=4), size=(320, 180), raw_size=(1920, 1080))
-    source = CameraFrameSource(cam)
+    source = frame_source(cam)
     calibrate_exposure(source)
     frame = cam.capture()
     mean = np.mean([cam.capture().raw.astype(np.float32) for _ in range(2)], axis=0)

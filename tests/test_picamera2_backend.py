@@ -20,7 +20,7 @@ from pi_agent.camera.base import CameraError, LensShadingTable
 from pi_agent.camera.picamera2_backend import Picamera2Camera, picamera2_available
 from pi_agent.camera.sim import SimulatedCamera
 from pi_agent.camera.tuning import TuningError, find_algo
-from tests.conftest import wait_until
+from tests.conftest import frame_source, wait_until
 from tests.fakes.libcamera._machine import CameraModule
 
 
@@ -502,12 +502,11 @@ def test_calibration_runs_through_the_picamera2_code_path(picamera2_camera, plat
     exposure, then a lens shading table on the platform's grid, applied by tuning rewrite + reopen, judged on
     what the simulated ISP then does, and exported from the stock tuning."""
     from pi_agent.calibration.exposure import calibrate_exposure
-    from pi_agent.calibration.frames import CameraFrameSource
     from pi_agent.calibration.lens_shading import calibrate_lens_shading
 
     cam, pi = picamera2_camera(CameraModule("imx477", scene="white", seed=3), platform, raw_size=(2028, 1520))
     assert cam.tuning_target == ("pisp" if platform == "pisp" else "bcm2835")
-    source = CameraFrameSource(cam)
+    source = frame_source(cam)
     exposure = calibrate_exposure(source)
     assert exposure["converged"], exposure
     report, table, tuning = calibrate_lens_shading(source)

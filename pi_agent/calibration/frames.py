@@ -16,13 +16,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..camera.base import CameraBackend, CameraError, CapturedFrame
+from ..camera.base import CameraBackend, CameraError, CapturedFrame, capture_timeout
 from ..camera.sensors import SensorMode
 from ..stats import RawStats, compute_stats
 
 log = logging.getLogger(__name__)
 
 SETTLE_FRAMES = 8  # frames to wait for a control at most (largest delay 3 + queued requests + slack)
+MIN_FRAME_TIMEOUT_S = 5.0  # the least a calibration waits for one frame
 
 
 class CalibrationError(RuntimeError):
@@ -32,18 +33,25 @@ class CalibrationError(RuntimeError):
 class FrameSource(abc.ABC):
     """Frames (pixels, metadata and raw statistics of one request) in capture order, counting them."""
 
-    def __init__(self, camera: CameraBackend):
+    def __init__(self, camera: CameraBackend, min_frame_timeout: float = MIN_FRAME_TIMEOUT_S):
+        """`min_frame_timeout`: the least time (s) to wait for one frame. A camera whose frames are rendered
+        on the host's CPU (the simulators) may be given more on a loaded machine."""
         self.camera = camera
+        self.min_frame_timeout = min_frame_timeout
         self._first: int | None = None
         self._last: int | None = None
+        self._last_metadata: dict = {}
 
     @abc.abstractmethod
     def _next(self, timeout: float) -> tuple[CapturedFrame, RawStats]: ...
 
     def frame_timeout(self) -> float:
-        """Seconds to wait for one frame when the caller gives none: 5 s, or what the camera's frame duration
-        and exposure need (long exposures: a 2.5 s frame period is legal), whichever is longer."""
-        return 5.0
+        """Seconds to wait for one frame when the caller gives none: `min_frame_timeout`, or what the camera's
+        frame duration and exposure need (camera.base.capture_timeout, counting startup frames: a capture
+        here may follow a reopen; long exposures: a 2.5 s frame period is legal), whichever is longer."""
+        camera = self.camera
+        return max(self.min_frame_timeout,
+                   capture_timeout(camera.configuration, camera.controls(), self._last_metadata, startup=True))
 
     def next(self, timeout: float | None = None) -> tuple[CapturedFrame, RawStats]:
         """The next frame and its full raw statistics; CameraError when none comes within `timeout` seconds
@@ -52,6 +60,7 @@ class FrameSource(abc.ABC):
         if self._first is None:
             self._first = frame.sequence
         self._last = frame.sequence
+        self._last_metadata = frame.metadata
         return frame, stats
 
     @property
@@ -112,7 +121,7 @@ class PipelineFrameSource(FrameSource):
         pipeline.add_listener(self._on_frame)
 
     def frame_timeout(self) -> float:
-        return max(5.0, self._pipeline.capture_timeout())
+        return max(self.min_frame_timeout, self._pipeline.capture_timeout())
 
     def _on_frame(self, frame: CapturedFrame, stats: RawStats) -> None:
         with self._cond:
