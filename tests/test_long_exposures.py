@@ -70,3 +70,22 @@ def test_calibration_waits_for_a_frame_as_long_as_the_frame_period_needs(start_a
         assert stats.pixels.sum() > 0
     finally:
         source.close()
+
+
+def test_a_direct_calibration_source_also_waits_as_long_as_the_frame_period_needs():
+    """The same for calibration that reads the camera itself (scripts, the OpenFlexure drop-in): a 5.6 s
+    frame period, the next frame asked for right after one arrived, no timeout given."""
+    from pi_agent.calibration.frames import CameraFrameSource
+
+    camera = SimulatedCamera(seed=1)
+    camera.configure((320, 240), 0.18)
+    camera.start()
+    try:
+        source = CameraFrameSource(camera)
+        source.next(timeout=60)
+        frame, stats = source.next()  # the camera's own wait: the old fixed 5 s failed here
+        assert source.frame_timeout() > 2 * 5.5
+        assert frame.metadata["FrameDuration"] == pytest.approx(5_555_556, rel=0.01)
+        assert stats.pixels.sum() > 0
+    finally:
+        camera.close()
