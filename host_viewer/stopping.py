@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +19,17 @@ log = logging.getLogger(__name__)
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK", "SIGHUP") if hasattr(signal, name))
 
 
+POLL_S = 0.1  # how soon wait() notices a signal
+
+
 class StopRequest:
     """Set by SIGINT/SIGTERM (and SIGHUP, SIGBREAK) while installed (`with StopRequest() as stop:`).
 
-    Thread-safe: the flag is a threading.Event. Handlers can only be installed from the main thread; on
-    another thread the object is an Event that only `request()` sets."""
+    Thread-safe: other threads set a threading.Event (`request()`); the signal handler only assigns
+    `signal_name` (atomic under the GIL) and takes no lock, because Python runs it on the main thread between
+    two bytecodes, possibly while that thread holds the Event's internal lock inside Event.wait(), where
+    Event.set() would wait for itself forever (pi-agent once ignored SIGTERM that way). Handlers can only be
+    installed from the main thread; on another thread only `request()` sets it."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -44,21 +51,28 @@ class StopRequest:
         self._previous.clear()
 
     def _on_signal(self, signum, _frame) -> None:
-        name = signal.Signals(signum).name
-        if self.event.is_set():
+        if self.is_set():
             if signum == getattr(signal, "SIGINT", None):
                 raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for a clean exit
             return
-        log.info("%s: stopping", name)
-        self.request(name)
+        self.signal_name = signal.Signals(signum).name  # the stop request itself: no lock, no logging here
 
     def request(self, reason: str = "requested") -> None:
-        if not self.event.is_set():
+        """Ask for a stop from any thread but the signal handler."""
+        if not self.is_set():
             self.signal_name = reason
+            log.info("%s: stopping", reason)
         self.event.set()
 
     def is_set(self) -> bool:
-        return self.event.is_set()
+        return self.signal_name is not None or self.event.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self.event.wait(timeout)
+        """True once a stop was asked for; False after `timeout` seconds without one (None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            self.event.wait(left)
+        return True

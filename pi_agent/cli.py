@@ -8,15 +8,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 
 from protocol.keys import key_arguments, quoted_key
 from protocol.options import LOG_LEVELS, number_type
 
 from .camera.factory import CAMERA_CHOICES, check_camera_kind, make_camera
 from .state import DEFAULT_STATE_DIR, StateStore
+from .stopping import StopSignals
 
 log = logging.getLogger("pi_agent")
 
@@ -185,13 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         camera = make_camera(args.camera, sensor=args.sensor, scene=args.scene,
                              colour_temperature=args.colour_temperature, seed=args.seed)
         limit_opencv_threads(camera)
-        stop = threading.Event()
+        stop = StopSignals()
         fatal: list[str] = []
         raise_open_file_limit()
         # Before the socket is up: a stop request that comes as soon as viewers can connect still stops
         # cleanly (every viewer gets its `bye`) instead of killing the process.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+        stop.install()
         agent = Agent(camera, args.listen, size=args.size, fps=args.fps, quality=args.quality,
                       state_dir=args.state_dir, name=args.name, announce=not args.no_announce, security=security,
                       max_viewers=args.max_viewers,
@@ -203,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("streaming %s %dx%d at %g fps on port %d, %s (Ctrl-C to stop)",
              camera.sensor.model, args.size[0], args.size[1], args.fps, port,
              f"encrypted, agent key {security.keys.public}" if security else "plain text")
-    while not stop.wait(1.0):  # wakes for signals on every platform
-        pass
+    stop.wait()  # polls: wakes for signals on every platform
     if fatal:
         # A thread the agent needs is dead: exit non-zero so that the service manager restarts it. The stop
         # is bounded (threads are joined with timeouts); os._exit skips waiting on anything left hanging.
