@@ -129,10 +129,10 @@ def run_headless(client: AgentClient, duration: float | None, recorder=None,
     while (time.monotonic() < end and not (stop is not None and stop.is_set())
            and (goal is None or session.frames < goal)):
         try:
-            frame = client.wait_frame(timeout=min(0.2, max(0.01, end - time.monotonic())), newer_than=last)
+            frame = client.wait_frame(timeout=min(0.2, max(0.01, end - time.monotonic())), after=last)
         except TimeoutError:
             continue
-        last = frame.sequence
+        last = frame
         try:
             image = frame.decode()
         except BadFrame as exc:  # a corrupt frame is skipped; the stream goes on
@@ -182,10 +182,10 @@ def run_calibration(client: AgentClient, args, session: ViewingSession,
                               f"it cancels the calibration when it notices the viewer left")
             break
         try:
-            frame = client.wait_frame(timeout=0.2, newer_than=last)
+            frame = client.wait_frame(timeout=0.2, after=last)
         except TimeoutError:
             continue
-        last = frame.sequence
+        last = frame
         try:
             session.record(frame, frame.decode())
         except BadFrame as exc:

@@ -313,10 +313,16 @@ class AgentClient(TypedCommands):
         with self._lock:
             return self._latest
 
-    def wait_frame(self, timeout: float = 5.0, newer_than: int | None = None) -> ReceivedFrame:
-        """The newest frame, once there is one with a sequence above `newer_than`; TimeoutError otherwise."""
+    def wait_frame(self, timeout: float = 5.0, newer_than: int | None = None,
+                   after: ReceivedFrame | None = None) -> ReceivedFrame:
+        """The newest frame, once there is one with a sequence above `newer_than` and (`after`) other than
+        the frame `after`, i.e. received since it; TimeoutError otherwise. Loops that take frame after frame
+        pass `after`: a restarted agent numbers its frames from 0 again, so "a higher number" would wait for
+        the new agent to pass the old one's count."""
         def ready() -> bool:
-            return self._latest is not None and (newer_than is None or self._latest.sequence > newer_than)
+            latest = self._latest
+            return (latest is not None and (newer_than is None or latest.sequence > newer_than)
+                    and latest is not after)
 
         with self._frame_cond:
             if not self._frame_cond.wait_for(ready, timeout):
@@ -724,11 +730,15 @@ class AgentClient(TypedCommands):
             pending.instance = _agent_instance(self.welcome)
 
     def _agent_changed(self, welcome: Welcome) -> None:
-        """A welcome from another agent instance (it restarted): what ran on the old one never replies."""
+        """A welcome from another agent instance (it restarted): what ran on the old one never replies. A
+        read-only command is asked again of the new one instead (by _check_pending, on this connection)."""
         instance = _agent_instance(welcome)
         with self._lock:
             orphans = [p for p in self._pending.values() if p.instance is not None and p.instance != instance]
         for pending in orphans:
+            if pending.name in READ_ONLY_COMMANDS and pending.command is not None:
+                pending.instance, pending.connection = instance, -1  # -1: no connection, so sent again
+                continue
             self._fail(pending.id, "agent_restarted",
                        f"the agent at {self.address} restarted while {pending.name} was pending; it did not "
                        f"finish there (check the agent's state before sending it again)")

@@ -289,10 +289,10 @@ def receive_picamlink(args, window: Window) -> dict:
 
         def take():
             try:
-                frame = client.wait_frame(timeout=0.5, newer_than=last[0])
+                frame = client.wait_frame(timeout=0.5, after=last[0])
             except TimeoutError:
                 return None
-            last[0] = frame.sequence
+            last[0] = frame
             return frame.capture_ns, frame.jpeg, frame.wire_bytes
 
         result = receive_loop(args, window, take)

@@ -57,14 +57,14 @@ class Viewer:
             if self.period:
                 self._stop.wait(self.period)
                 frame = self.client.latest()
-                if frame is None or frame.sequence == last:
+                if frame is None or frame is last:
                     continue
             else:
                 try:
-                    frame = self.client.wait_frame(timeout=0.5, newer_than=last)
+                    frame = self.client.wait_frame(timeout=0.5, after=last)
                 except TimeoutError:
                     continue
-            last = frame.sequence
+            last = frame
             try:
                 frame.decode()
             except BadFrame:
