@@ -31,7 +31,7 @@ import simplejpeg
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from protocol.address import parse_address, tcp_endpoint
+from protocol.address import is_ipv6_literal, parse_address, tcp_endpoint
 from protocol import (
     MAX_INBOUND_TO_VIEWER, Bye, ClockOffset, Command, Credit, Error, ErrorCode, Event, Frame, Hello, Ping, Pong,
     Progress, ProtocolError, Result, Sequencer, Welcome, clock_sample, decode, encode, unpack_array,
@@ -395,6 +395,8 @@ class AgentClient(TypedCommands):
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
+        if is_ipv6_literal(self._host):
+            sock.setsockopt(zmq.IPV6, 1)  # "[IPv6]:PORT": libzmq connects over IPv4 only otherwise
         if self._security is not None:
             self._security.apply_client(sock)
         if connect:

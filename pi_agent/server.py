@@ -24,7 +24,7 @@ from protocol import (
     MAX_INBOUND_TO_AGENT, Bye, Command, Credit, Error, ErrorCode, Hello, Message, Ping, Pong, ProtocolError,
     Sequencer, decode, encode,
 )
-from protocol.address import parse_address, tcp_endpoint
+from protocol.address import is_ipv6_literal, parse_address, tcp_endpoint
 from protocol.limits import MAX_VIEWER_MESSAGE, SUPPORTED_VERSIONS
 
 from .commands import CommandRouter
@@ -177,6 +177,8 @@ class AgentServer:
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
+        if is_ipv6_literal(self.host):
+            sock.setsockopt(zmq.IPV6, 1)  # "[::]:PORT" and "[::1]:PORT" (libzmq listens on IPv4 only otherwise)
         if self._security is not None:
             self._security.apply_server(sock)
         return sock

@@ -55,7 +55,13 @@ def parse_address(address: str, default_port: int = DEFAULT_PORT, *, listening: 
 
 
 def tcp_endpoint(host: str, port: int | str) -> str:
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+    return f"tcp://[{host}]:{port}" if is_ipv6_literal(host) else f"tcp://{host}:{port}"
+
+
+def is_ipv6_literal(host: str) -> bool:
+    """True for an IPv6 address (parse_address's host, brackets removed): a ZeroMQ socket binds or connects
+    to it only with the IPV6 socket option set (libzmq's ZMQ_IPV6 defaults to 0, IPv4 only)."""
+    return ":" in host
 
 
 def is_loopback(host: str) -> bool:

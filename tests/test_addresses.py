@@ -43,3 +43,26 @@ def test_a_name_that_does_not_resolve_is_not_called_connection_refused(address, 
             assert "does not resolve" in client.connection.hint and "nosuchhost.invalid" in client.connection.hint
     finally:
         client.close()
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_an_ipv6_address_streams_both_ways(start_agent, connect):
+    """The documented `[IPv6]:PORT` form: the agent listens on ::1 and a viewer connects to it (breaker B5:
+    libzmq sockets are IPv4-only unless ZMQ_IPV6 is set: "No such device" on the agent, "connection refused"
+    on the viewer)."""
+    agent = start_agent(listen="[::1]:0")
+    client = connect(f"[::1]:{agent.port}")
+    frame = client.wait_frame(timeout=10)
+    assert frame.decode().shape[:2] == (240, 320)
+    assert client.command("status", timeout=10)["viewers"] == 1
