@@ -24,11 +24,22 @@ from .results import CalibrationResult, Controls, Snapshot, Status
 
 CALIBRATION_TIMEOUT = 180.0  # seconds a whole "all" may take on a slow Pi (long exposures, 12 MP raw)
 SNAPSHOT_TIMEOUT = 30.0  # a full-resolution still: two mode switches on a Pi and up to 25 MB of raw
+CANCEL_WAIT_S = 10.0  # how long to wait for the agent to confirm a cancel (it restores the camera first)
 
 
 class TypedCommands:
-    """Mixed into AgentClient, which provides `command()`, and the newest frame (`_latest`, guarded by
-    `_frame_cond`)."""
+    """Mixed into AgentClient, which provides `command()`, `send_command()`, and the newest frame (`_latest`,
+    guarded by `_frame_cond`)."""
+
+    def cancel_pending(self, pending, wait: float = CANCEL_WAIT_S) -> bool:
+        """Cancel the running command `pending` (a PendingCommand) on the agent and wait up to `wait` s for
+        its final reply; True once it has one (normally Cancelled: the agent put back what it had)."""
+        self.send_command("cancel", {"id": pending.id}, ttl=wait)
+        try:
+            pending.future.exception(timeout=wait)
+        except TimeoutError:
+            return False
+        return True
 
     def set_controls(self, **controls: Any) -> dict[str, Any]:
         """Request camera controls, libcamera's names and units, shared by every viewer of the agent:
@@ -67,11 +78,25 @@ class TypedCommands:
 
         Raises BadArgument / OutOfRange (arguments), Busy (a calibration already runs), Cancelled (someone
         cancelled it: the previous calibration is back in force), Failed (the target was not reached;
-        `exc.detail` holds the partial result), CameraFailed, Timeout after `timeout` seconds."""
+        `exc.detail` holds the partial result), CameraFailed, Timeout after `timeout` seconds: the
+        calibration is then cancelled on the agent, which keeps the calibration it had (the message says
+        if the agent did not confirm the cancel within CANCEL_WAIT_S)."""
         from .calibration import calibrate_args  # (calibration.py imports the client module)
+        from .errors import command_error
 
         args = calibrate_args(what, target=target, tolerance=tolerance, percentile=percentile)
-        return CalibrationResult.from_value(self.command("calibrate", args, timeout=timeout, on_progress=on_progress))
+        pending = self.send_command("calibrate", args, ttl=timeout, on_progress=on_progress)
+        try:
+            try:
+                return CalibrationResult.from_value(pending.future.result(timeout=timeout + 1.0))
+            except TimeoutError:
+                confirmed = self.cancel_pending(pending)
+        finally:
+            self._forget(pending)
+        raise command_error("timeout", f"no result from calibrate within {timeout:g} s: " + (
+            "cancelled on the agent, which keeps the calibration it had" if confirmed else
+            f"asked the agent to cancel it, with no confirmation within {CANCEL_WAIT_S:g} s: it may still "
+            f"finish there and be saved"))
 
     def snapshot(self, full_resolution: bool = True, *, raw: bool = True, quality: int = 95,
                  timeout: float = SNAPSHOT_TIMEOUT) -> Snapshot:

@@ -12,6 +12,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from .api import CANCEL_WAIT_S
 from .calibration import WHAT, calibration_summary, failure_summary, progress_line, start_calibration
 from .client import CANNOT_RESOLVE, AgentClient, BadFrame, CommandFailed
 from .report import save_report
@@ -144,7 +145,6 @@ def run_headless(client: AgentClient, duration: float | None, recorder=None,
     return session
 
 
-CANCEL_WAIT_S = 10.0  # how long to wait for the agent to confirm a cancel (it restores the camera first)
 
 
 def run_calibration(client: AgentClient, args, session: ViewingSession,
@@ -164,20 +164,12 @@ def run_calibration(client: AgentClient, args, session: ViewingSession,
         if overdue or (stop is not None and stop.is_set()):
             if overdue:
                 print("host-viewer: the calibration ran past its expiry: cancelling it on the agent", file=sys.stderr)
-                client.send_command("cancel", {"id": pending.id}, ttl=CANCEL_WAIT_S)
-                try:
-                    pending.future.exception(timeout=CANCEL_WAIT_S)
-                except TimeoutError:
-                    pass
-                if not pending.future.done():
+                if not client.cancel_pending(pending):
                     return None, (f"timeout: no result from {client.address} within the command's expiry "
                                   f"(+{CANCEL_WAIT_S:g} s) and no answer to cancel")
                 break
             print(f"host-viewer: {stop.signal_name}: cancelling the calibration on the agent", file=sys.stderr)
-            client.send_command("cancel", {"id": pending.id}, ttl=CANCEL_WAIT_S)
-            try:
-                pending.future.exception(timeout=CANCEL_WAIT_S)
-            except TimeoutError:
+            if not client.cancel_pending(pending):
                 return None, (f"cancelled: no confirmation from the agent within {CANCEL_WAIT_S:g} s; "
                               f"it cancels the calibration when it notices the viewer left")
             break

@@ -380,8 +380,12 @@ class AgentClient(TypedCommands):
         except TimeoutError:
             raise command_error("timeout", f"no reply to {name} within {timeout} s") from None
         finally:
-            with self._lock:
-                self._pending.pop(pending.id, None)
+            self._forget(pending)
+
+    def _forget(self, pending: PendingCommand) -> None:
+        """The caller stopped waiting for `pending`: no longer track it (a late reply is dropped)."""
+        with self._lock:
+            self._pending.pop(pending.id, None)
 
     # the I/O thread ----------------------------------------------------------------------------------
     def _make_socket(self, connect: bool = True) -> zmq.Socket:

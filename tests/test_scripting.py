@@ -115,6 +115,23 @@ def test_busy_and_cancelled_while_a_calibration_runs(start_agent, connect):
         pending.future.result(timeout=30)
 
 
+def test_a_calibration_that_times_out_is_cancelled_on_the_agent_and_saves_nothing(start_agent, connect, tmp_path):
+    """Breaker B3: `calibrate(timeout=1)` raised Timeout while the calibration went on holding the camera and
+    then replaced the saved calibration. Now the timeout cancels it: the agent is idle, nothing is saved."""
+    state = tmp_path / "state"
+    # At 5 fps "all" needs several seconds of frames whatever the CPU: far more than the 1 s allowed.
+    agent = start_agent(camera=SimulatedCamera(sensor="imx219", scene="white", seed=2), state_dir=state, fps=5.0)
+    client = connect(agent)
+    saved_before = sorted((p.relative_to(state), p.read_bytes()) for p in state.rglob("*") if p.is_file())
+    with pytest.raises(errors.Timeout) as timed_out:
+        client.calibrate("all", timeout=1.0)
+    assert "cancelled on the agent" in timed_out.value.message, timed_out.value.message
+    assert client.status().busy is None
+    client.set_controls(ExposureTime=5000)  # the camera is free again
+    saved_after = sorted((p.relative_to(state), p.read_bytes()) for p in state.rglob("*") if p.is_file())
+    assert saved_after == saved_before
+
+
 def test_every_protocol_error_code_has_one_exception_class_under_one_base():
     assert set(errors.ERRORS) >= ErrorCode.ALL
     classes = [errors.ERRORS[code] for code in ErrorCode.ALL]
