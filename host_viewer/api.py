@@ -85,6 +85,7 @@ class TypedCommands:
         from .errors import command_error
 
         args = calibrate_args(what, target=target, tolerance=tolerance, percentile=percentile)
+        self._not_on_io_thread("calibrate")
         pending = self.send_command("calibrate", args, ttl=timeout, on_progress=on_progress)
         try:
             try:

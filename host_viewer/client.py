@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+import math
 import secrets
 import socket
 import threading
@@ -131,6 +132,7 @@ class PendingCommand:
 
 
 REPLY_GRACE_S = 1.0  # a reply may arrive this long after the command's expiry (round trip, scheduling)
+MAX_TTL_S = 7 * 24 * 3600.0  # the longest a command may wait for its reply (a week: "as long as it takes")
 PROBE_EVERY_S = 2.0  # how often to ask about a job cut off by a reconnection
 LOST_AFTER_IDLE_S = 2.0  # agent idle this long with no final reply: the reply was lost in the outage
 # Commands that change nothing on the agent: one cut off by a reconnection is asked again on the new
@@ -333,7 +335,14 @@ class AgentClient(TypedCommands):
     def send_command(self, name: str, args: dict | None = None, *, ttl: float = 5.0,
                      on_progress: Callable[[Progress], None] | None = None) -> PendingCommand:
         """Send a command; the returned PendingCommand's future resolves to the Result's value dict or
-        raises CommandFailed. The command expires `ttl` seconds from now (on the agent's clock)."""
+        raises CommandFailed. The command expires `ttl` seconds from now (on the agent's clock).
+
+        Raises ValueError for a `ttl` that is not a finite number of seconds up to MAX_TTL_S (a negative one
+        makes a command that has already expired). Before start() it waits in the outbox; on a closed client
+        the future fails at once (ClientClosed)."""
+        if not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl > MAX_TTL_S:
+            raise ValueError(f"a command's timeout must be a finite number of seconds up to {MAX_TTL_S:g}, "
+                             f"not {ttl!r}")
         command_id = next(self._ids)
         expires = 0  # no expiry until the clock offset is known
         if self.clock.known:  # a deadline before the agent's clock began is already past, never "none" (0)
@@ -342,6 +351,8 @@ class AgentClient(TypedCommands):
         pending = PendingCommand(id=command_id, name=name, future=Future(), on_progress=on_progress,
                                  deadline=time.monotonic() + max(ttl, 0.0) + REPLY_GRACE_S, command=command)
         problem = self._unsendable(command)
+        if self._stop.is_set():
+            problem = "closed", f"the client for {self.address} is closed; {name} was not sent"
         if problem is not None:
             pending.future.set_exception(command_error(*problem))
             return pending
@@ -373,7 +384,10 @@ class AgentClient(TypedCommands):
 
     def command(self, name: str, args: dict | None = None, *, timeout: float = 5.0,
                 on_progress: Callable[[Progress], None] | None = None) -> dict:
-        """Send a command and wait for its final reply (value dict), raising CommandFailed on error."""
+        """Send a command and wait for its final reply (value dict), raising CommandFailed on error.
+        Not from a callback (on_progress, on_event): those run on the client's I/O thread, which carries the
+        reply; RuntimeError says so (use send_command there, and do not wait on its future)."""
+        self._not_on_io_thread(name)
         pending = self.send_command(name, args, ttl=timeout, on_progress=on_progress)
         try:
             return pending.future.result(timeout=timeout + 1.0)
@@ -381,6 +395,12 @@ class AgentClient(TypedCommands):
             raise command_error("timeout", f"no reply to {name} within {timeout} s") from None
         finally:
             self._forget(pending)
+
+    def _not_on_io_thread(self, name: str) -> None:
+        """RuntimeError when called on the I/O thread, which would wait for a reply only it can receive."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(f"{name}: a command cannot wait for its reply on the client's I/O thread (in a "
+                               f"callback); use send_command() and do not wait for its future there")
 
     def _forget(self, pending: PendingCommand) -> None:
         """The caller stopped waiting for `pending`: no longer track it (a late reply is dropped)."""

@@ -143,3 +143,29 @@ def test_every_protocol_error_code_has_one_exception_class_under_one_base():
     unknown = errors.command_error("from_the_future", "a code this client does not know")
     assert type(unknown) is errors.CommandFailed
     assert isinstance(errors.command_error("timeout", "t"), TimeoutError)
+
+
+def test_misuses_of_the_client_fail_at_once_with_a_sentence(start_agent, connect):
+    """Breaker B7, B11, B14: a timeout that is no finite number of seconds, a closed client, and a command
+    waited for inside a callback (on the I/O thread that would carry its reply)."""
+    import math
+
+    client = connect(start_agent())
+    for bad in (math.inf, math.nan, 1e12):
+        with pytest.raises(ValueError, match="timeout must be a finite number of seconds"):
+            client.command("status", timeout=bad)
+    inside: list = []
+
+    def on_progress(_progress):
+        if not inside:
+            try:
+                client.status()
+            except RuntimeError as exc:
+                inside.append(str(exc))
+
+    client.calibrate("exposure", on_progress=on_progress, timeout=60)
+    assert inside and "I/O thread" in inside[0]
+    assert client.reconnects == 0  # the I/O thread was never blocked
+    client.close()
+    with pytest.raises(errors.ClientClosed, match="closed"):
+        client.status()
