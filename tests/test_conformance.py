@@ -581,7 +581,12 @@ def test_set_controls_is_shared_and_metadata_reports_the_exposure_to_within_a_li
     assert value["controls"]["ExposureTime"] == wanted and value["controls"]["AeEnable"] is False
     event = other.recv_type("event", name="controls_changed")
     assert event["detail"]["controls"]["ExposureTime"] == wanted
-    assert other.result("get_controls")["controls"]["ExposureTime"] == wanted, "requested controls are shared"
+    requested = other.result("get_controls")["controls"]
+    assert requested["ExposureTime"] == wanted, "requested controls are shared"
+    # the spec's types: ExposureTime int µs everywhere (a strict client chokes on 10001.0)
+    for exposure in (value["controls"]["ExposureTime"], event["detail"]["controls"]["ExposureTime"],
+                     requested["ExposureTime"]):
+        assert type(exposure) is int, exposure
     other.send("credit", n=1)
     deadline = time.monotonic() + 10
     while True:

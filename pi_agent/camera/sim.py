@@ -406,7 +406,9 @@ class SimulatedCamera(CameraBackend):
                 elif name == "FrameDurationLimits":
                     self._limits = v
                     self._queue("fdl", v, s.vblank_delay)
-            requested = {k: (tuple(int(x) for x in v) if k == "FrameDurationLimits" else v) for k, v in valid.items()}
+            # Reported as libcamera types them (control_ids_core.yaml): ExposureTime an int32 of µs.
+            requested = {k: (tuple(int(x) for x in v) if k == "FrameDurationLimits" else
+                             int(round(v)) if k == "ExposureTime" else v) for k, v in valid.items()}
             self._requested = merge_requested(self._requested, requested)
 
     def _replace_requested(self, target: dict[str, Any]) -> None:
