@@ -34,7 +34,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from protocol.address import is_ipv6_literal, parse_address, tcp_endpoint
 from protocol import (
-    MAX_INBOUND_TO_VIEWER, Bye, ClockOffset, Command, Credit, Error, ErrorCode, Event, Frame, Hello, Ping, Pong,
+    MAX_INBOUND_TO_AGENT, MAX_INBOUND_TO_VIEWER, Bye, ClockOffset, Command, Credit, Error, ErrorCode, Event, Frame, Hello, Ping, Pong,
     Progress, ProtocolError, Result, Sequencer, Welcome, clock_sample, decode, encode, unpack_array,
 )
 from protocol.limits import MAX_MESSAGE_SIZE
@@ -372,11 +372,20 @@ class AgentClient(TypedCommands):
 
     @staticmethod
     def _unsendable(command: Command) -> tuple[str, str] | None:
-        """(code, sentence) when `command` cannot go on the wire (unencodable or too large), else None."""
+        """(code, sentence) when `command` cannot go on the wire (unencodable, unreadable by the agent, or too
+        large), else None. Unreadable: what the agent's strict decoding refuses (e.g. a map key that is not
+        text); the agent's answer to that is a protocol error without the command's id, which would leave
+        the command waiting for a reply until its expiry."""
         try:
-            size = len(encode(command))
+            data = encode(command)
         except (TypeError, ValueError, OverflowError) as exc:
             return ErrorCode.BAD_ARGUMENT, f"{command.name}: arguments cannot be encoded ({exc})"
+        size = len(data)
+        if size <= MAX_MESSAGE_SIZE["command"]:
+            try:
+                decode(data, max_size=MAX_INBOUND_TO_AGENT)
+            except ProtocolError as exc:
+                return ErrorCode.BAD_ARGUMENT, f"{command.name!r}: the agent could not read it ({exc.message})"
         if size > MAX_MESSAGE_SIZE["command"]:
             return ErrorCode.TOO_LARGE, (f"{command.name}: {size} bytes exceeds the command limit of "
                                          f"{MAX_MESSAGE_SIZE['command']} bytes")

@@ -169,3 +169,13 @@ def test_misuses_of_the_client_fail_at_once_with_a_sentence(start_agent, connect
     client.close()
     with pytest.raises(errors.ClientClosed, match="closed"):
         client.status()
+
+
+@pytest.mark.parametrize("name, args", [("set_controls", {1: 2}), ("set_controls", {"controls": {7: 1}})])
+def test_a_command_the_agent_could_not_read_is_refused_before_it_is_sent(start_agent, connect, name, args):
+    """Breaker B6: the agent answers an unreadable message with a protocol error that carries no command id,
+    so the command waited out its timeout and said "no reply"; it is refused at once, saying why."""
+    client = connect(start_agent())
+    with pytest.raises(errors.BadArgument, match="could not read it"):
+        client.command(name, args, timeout=30)
+    assert client.command("status")["viewers"] == 1
