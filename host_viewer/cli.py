@@ -118,6 +118,29 @@ def trust_main(argv: list[str]) -> int:
     return 0
 
 
+class LinkReport:
+    """Says on stderr, once per change, when the link to the agent is lost and when it is back: a headless
+    run has no window showing the connection state, and otherwise looks like a hang (breaker B8)."""
+
+    def __init__(self, client: AgentClient, waiting_for: str = ""):
+        self.client = client
+        self.waiting_for = waiting_for  # e.g. "the calibration's result (known by its expiry at the latest)"
+        self.lost_at: float | None = None
+
+    def check(self) -> None:
+        connection = self.client.connection
+        if connection.state == "connected":
+            if self.lost_at is not None:
+                print(f"host-viewer: {self.client.address}: connected again after "
+                      f"{time.monotonic() - self.lost_at:.1f} s", file=sys.stderr, flush=True)
+                self.lost_at = None
+        elif self.lost_at is None and self.client.welcome is not None:
+            self.lost_at = time.monotonic()
+            then = f"; waiting for {self.waiting_for}" if self.waiting_for else ""
+            print(f"host-viewer: {self.client.address}: lost the agent ({connection.text}); reconnecting{then}",
+                  file=sys.stderr, flush=True)
+
+
 def run_headless(client: AgentClient, duration: float | None, recorder=None,
                  session: ViewingSession | None = None, stop: StopRequest | None = None,
                  frames: int | None = None) -> ViewingSession:
@@ -127,8 +150,10 @@ def run_headless(client: AgentClient, duration: float | None, recorder=None,
     end = time.monotonic() + duration if duration is not None else float("inf")
     goal = session.frames + frames if frames is not None else None
     last = None
+    link = LinkReport(client)
     while (time.monotonic() < end and not (stop is not None and stop.is_set())
            and (goal is None or session.frames < goal)):
+        link.check()
         try:
             frame = client.wait_frame(timeout=min(0.2, max(0.01, end - time.monotonic())), after=last)
         except TimeoutError:
@@ -159,7 +184,9 @@ def run_calibration(client: AgentClient, args, session: ViewingSession,
     # Bound (issue 17.5): the client settles the command by its expiry when the agent is unreachable; an agent
     # still working past it is asked to cancel, so a headless --calibrate always ends.
     give_up = pending.deadline + CANCEL_WAIT_S
+    link = LinkReport(client, "the calibration's result (known by its expiry at the latest)")
     while not pending.future.done():
+        link.check()
         overdue = time.monotonic() > give_up
         if overdue or (stop is not None and stop.is_set()):
             if overdue:

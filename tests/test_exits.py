@@ -206,3 +206,24 @@ def test_connection_problems_are_said_at_once_and_once(kind):
     assert code == 130
     assert viewer.stderr.count(expected) == 1, viewer.stderr
     assert "Traceback" not in viewer.stderr
+
+
+def test_the_headless_viewer_says_when_the_agent_is_lost_and_when_it_is_back(start_agent):
+    """Breaker B8: with the agent gone the headless viewer printed nothing (for minutes with --calibrate,
+    for ever with --frames). Now one line when the link is lost and one when it is back."""
+    from .test_end_to_end import free_port
+
+    port = free_port()
+    agent = start_agent(listen=f"127.0.0.1:{port}")
+    viewer = Viewer([f"127.0.0.1:{port}", "--headless", "--frames", "1000000"])
+    try:
+        wait_until(lambda: agent.server.counters["frames_sent"] > 10, 30, message="frames to the viewer")
+        agent.stop()
+        wait_until(lambda: "lost the agent" in viewer.stderr, 30, message="a line saying the agent is lost")
+        start_agent(listen=f"127.0.0.1:{port}")
+        wait_until(lambda: "connected again" in viewer.stderr, 30, message="a line saying it is back")
+        assert viewer.stderr.count("lost the agent") == 1, viewer.stderr
+    finally:
+        viewer.process.send_signal(signal.SIGTERM)
+        code, _ = viewer.finish()
+    assert code == 0 and "Traceback" not in viewer.stderr, viewer.stderr
