@@ -50,19 +50,21 @@ class TypedCommands:
 
         Returns all requested controls after the change. Raises BadArgument (unknown or read-only name,
         wrong type), OutOfRange (outside `get_controls().ranges`), Busy (a calibration holds the camera),
-        Timeout / NotConnected."""
+        Timeout / NotConnected / Expired, and across a link outage ReplyLost / AgentRestarted (never sent
+        twice: check `get_controls()`)."""
         wire = {name: list(value) if isinstance(value, tuple) else value for name, value in controls.items()}
         return self.command("set_controls", {"controls": wire})["controls"]
 
     def get_controls(self) -> Controls:
         """The requested controls, those in force in the newest frame, and each control's (min, max,
-        default) range. Raises Timeout / NotConnected."""
+        default) range. Raises Timeout / NotConnected / Expired (asked again by itself after a reconnection
+        or an agent restart)."""
         return Controls.from_value(self.command("get_controls"))
 
     def status(self) -> Status:
         """The agent's state: `busy` (job name or None), `fps` (frames/s captured), `viewers`, `uptime_s`,
         the newest frame's metadata and statistics, and the calibration in force. Raises Timeout /
-        NotConnected."""
+        NotConnected / Expired (asked again by itself after a reconnection or an agent restart)."""
         return Status.from_value(self.command("status"))
 
     def calibrate(self, what: str = "all", *, on_progress: Callable[[Progress], None] | None = None,

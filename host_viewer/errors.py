@@ -1,7 +1,8 @@
 """The exceptions a command can end with: one type per error code, all rooted in `CommandFailed`.
 
-Wire codes come from docs/protocol.md ("Error codes"); three more are the client's own (`timeout`: no reply
-in time, `not_connected`: the command could not be sent, `closed`: the client closed first). Catch
+Wire codes come from docs/protocol.md ("Error codes"); six more are the client's own (`timeout`: no reply
+in time, `not_connected`: the command could not be sent, `closed`: the client closed first; across a link
+outage: `reply_lost`, `agent_restarted`, `unreachable`, see AgentClient._check_pending). Catch
 `CommandFailed` for any failure, or a subclass for one cause:
 
     try:
@@ -116,11 +117,30 @@ class ClientClosed(CommandFailed):
     CODE = "closed"
 
 
+class ReplyLost(CommandFailed):
+    """`reply_lost` (client side): a command that changes the agent was cut off by a link outage and the
+    agent is idle again without its reply reaching us: it ran there, or never arrived (`detail` holds the
+    agent's calibration state). It is never sent twice."""
+    CODE = "reply_lost"
+
+
+class AgentRestarted(CommandFailed):
+    """`agent_restarted` (client side): the agent restarted while the command was pending; it did not finish
+    there. (`status` and `get_controls` are asked of the new agent instead.)"""
+    CODE = "agent_restarted"
+
+
+class Unreachable(CommandFailed):
+    """`unreachable` (client side): the link went down while the command ran, and the agent stayed
+    unreachable past the command's expiry: its outcome is unknown."""
+    CODE = "unreachable"
+
+
 ERRORS: dict[str, type[CommandFailed]] = {
     cls.CODE: cls for cls in (
         MessageRejected, VersionMismatch, TooLarge, NoSession, UnknownCommand, BadArgument, OutOfRange, Busy,
         Expired, Cancelled, CameraFailed, Failed, Unauthorised, AgentInternalError, Timeout, NotConnected,
-        ClientClosed,
+        ClientClosed, ReplyLost, AgentRestarted, Unreachable,
     )
 }
 

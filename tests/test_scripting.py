@@ -143,6 +143,11 @@ def test_every_protocol_error_code_has_one_exception_class_under_one_base():
     unknown = errors.command_error("from_the_future", "a code this client does not know")
     assert type(unknown) is errors.CommandFailed
     assert isinstance(errors.command_error("timeout", "t"), TimeoutError)
+    # and every code the client itself fails a command with (breaker B10: three had no class)
+    source = (ROOT / "host_viewer" / "client.py").read_text()
+    own = set(re.findall(r'(?:_fail\([^,]+,|command_error\()\s*"([a-z_]+)"', source))
+    assert {"timeout", "reply_lost", "agent_restarted", "unreachable"} <= own, own
+    assert own <= set(errors.ERRORS), own - set(errors.ERRORS)
 
 
 def test_misuses_of_the_client_fail_at_once_with_a_sentence(start_agent, connect):
