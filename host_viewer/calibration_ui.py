@@ -19,6 +19,7 @@ class CalibrationKeys:
         self.app = None
         self.running: str | None = None
         self.last_result: dict[str, Any] | None = None
+        self._tile = None  # the tile (camera) the running calibration was started on
 
     def install(self, app) -> None:
         self.app = app
@@ -34,6 +35,7 @@ class CalibrationKeys:
             self.app.status_message = f"calibrating {self.running}; press c to cancel"
             return
         self.running = what
+        self._tile = self.app.tile
         future = self.app.send_command("calibrate", calibrate_args(what), ttl=TIMEOUT, on_result=self._result)
         future.add_done_callback(lambda _f: setattr(self, "running", None))
 
@@ -42,8 +44,9 @@ class CalibrationKeys:
         self.app.status_message = "calibrated: " + ", ".join(calibration_summary(result))
 
     def cancel(self) -> None:
-        if self.running:
-            self.app.send_command("cancel", {})
+        """c: cancel the calibration this viewer started (by its id: another viewer's keeps running)."""
+        if self.running and self._tile is not None:
+            self._tile.request_cancel(("calibrate",))
 
     def save_report(self) -> None:
         part = (self.last_result or {}).get("lens_shading")

@@ -143,16 +143,23 @@ class CameraTile:
         pending.future.add_done_callback(done)
         return pending.future
 
-    def cancel_in_flight(self, names: tuple[str, ...] = ("calibrate",), timeout: float = 10.0) -> list[str]:
-        """Cancel this tile's unanswered commands called one of `names` on the agent and wait (up to `timeout`
-        seconds in all) for their final replies, so the agent has put everything back before the viewer
-        leaves; returns the names of the commands it cancelled."""
+    def request_cancel(self, names: tuple[str, ...] = ("calibrate",), ttl: float = 10.0) -> list[tuple]:
+        """Ask the agent to cancel this tile's unanswered commands called one of `names`, by their ids (never
+        another viewer's: `cancel` without an id would stop every viewer's); does not wait. Returns the
+        (id, name, future) of each."""
         with self._lock:
             running = [(command_id, name, future) for command_id, (name, future) in self._in_flight.items()
                        if name in names and not future.done()]
         for command_id, name, _future in running:
             self.set_status(f"cancelling {name} on the agent")
-            self.client.send_command("cancel", {"id": command_id}, ttl=timeout)
+            self.client.send_command("cancel", {"id": command_id}, ttl=ttl)
+        return running
+
+    def cancel_in_flight(self, names: tuple[str, ...] = ("calibrate",), timeout: float = 10.0) -> list[str]:
+        """Cancel this tile's unanswered commands called one of `names` on the agent and wait (up to `timeout`
+        seconds in all) for their final replies, so the agent has put everything back before the viewer
+        leaves; returns the names of the commands it cancelled."""
+        running = self.request_cancel(names, timeout)
         deadline = time.monotonic() + timeout
         for command_id, name, future in running:
             try:

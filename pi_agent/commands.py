@@ -231,7 +231,8 @@ class CommandRouter:
         already, or never known) is not an error: a cancel always races the command's final reply on the
         wire, so it answers `cancelled: []` and the command's own reply says how it ended."""
         target = command.args.get("id")
-        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, str))):
+        if "id" in command.args and (isinstance(target, bool) or not isinstance(target, (int, str))):
+            # nil too: a client that sends an unset id as nil must not stop every viewer's commands
             raise CommandError(ErrorCode.BAD_ARGUMENT, "cancel's 'id' must be a command id (int or str), or absent")
         with self._jobs_lock:
             jobs = [self._jobs[target]] if target in self._jobs else ([] if target is not None else list(self._jobs.values()))

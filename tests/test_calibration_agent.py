@@ -184,3 +184,23 @@ def test_window_keys_start_calibration_and_show_progress(start_agent, connect, t
     assert "calibrated" in app.status_message
     app.handle_key(ord("p"))
     assert list(tmp_path.glob("calibration-report-*.png")), app.status_message
+
+
+def test_the_cancel_key_cancels_this_viewers_calibration_only(start_agent, connect):
+    """Breaker B12's kind: `c` sent `cancel` without an id, which stops every running command on the agent,
+    another viewer's too. It now cancels by id what this viewer started: another viewer's calibration,
+    running when `c` is pressed, ends with its result."""
+    from host_viewer.app import ViewerApp
+    from host_viewer.calibration_ui import CalibrationKeys
+
+    agent = start_agent(camera=white_camera(), fps=10.0)  # paced: the exposure run takes many frame periods
+    mine, other = connect(agent), connect(agent)
+    app = ViewerApp(mine)
+    keys = CalibrationKeys()
+    keys.install(app)
+    theirs = other.send_command("calibrate", {"what": "exposure"}, ttl=120)
+    wait_until(lambda: other.status().busy == "calibrate", timeout=30, message="the other viewer's calibration")
+    keys.running, keys._tile = "exposure", app.tile  # as if this viewer had one running too
+    app.handle_key(ord("c"))
+    mine.command("status")  # one round trip on this connection after whatever `c` sent: the agent has read it
+    assert "exposure" in theirs.future.result(timeout=60)  # not cancelled

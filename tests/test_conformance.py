@@ -613,6 +613,7 @@ def test_set_controls_is_shared_and_metadata_reports_the_exposure_to_within_a_li
     ("set_controls", {"controls": {"ExposureTime": 10**9}}, "out_of_range"),
     ("set_controls", {"controls": {"AnalogueGain": 1000.0}}, "out_of_range"),
     ("cancel", {"id": [1]}, "bad_argument"),
+    ("cancel", {"id": None}, "bad_argument"),  # nil is no id: it must not stop every viewer's commands
     ("warp_drive", {}, "unknown_command"),
 ])
 def test_a_bad_command_gets_its_error_with_its_id(peer, name, args, code):
