@@ -11,15 +11,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 
 log = logging.getLogger(__name__)
 
 # SIGBREAK is Ctrl-Break in a Windows console; the others exist on every OS Python runs on.
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK", "SIGHUP") if hasattr(signal, name))
-
-
-POLL_S = 0.1  # how soon wait() notices a signal
 
 
 class StopRequest:
@@ -66,13 +62,3 @@ class StopRequest:
 
     def is_set(self) -> bool:
         return self.signal_name is not None or self.event.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """True once a stop was asked for; False after `timeout` seconds without one (None: no limit)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.is_set():
-            left = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
-            if left <= 0:
-                return False
-            self.event.wait(left)
-        return True

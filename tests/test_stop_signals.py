@@ -18,6 +18,8 @@ import pytest
 from host_viewer.stopping import StopRequest
 from pi_agent.stopping import StopSignals
 
+from .conftest import wait_until
+
 
 @pytest.fixture
 def restore_handlers():
@@ -58,7 +60,7 @@ def test_the_viewers_handler_takes_no_lock_and_a_real_sigterm_ends_the_wait(rest
         assert stop.is_set() and stop.signal_name == "SIGTERM"
     with StopRequest() as stop:
         threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
-        assert stop.wait(30), "SIGTERM did not end the wait"
+        wait_until(stop.is_set, timeout=30, message="SIGTERM seen by the viewer's loops")
         assert stop.signal_name == "SIGTERM"
         with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C gives up waiting for a clean exit
             signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
