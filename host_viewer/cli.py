@@ -170,8 +170,6 @@ def run_headless(client: AgentClient, duration: float | None, recorder=None,
     return session
 
 
-
-
 def run_calibration(client: AgentClient, args, session: ViewingSession,
                     stop: StopRequest | None = None) -> tuple[dict | None, str | None]:
     """Run `calibrate` while receiving frames (the stream goes on); progress lines go to stderr.

@@ -34,8 +34,9 @@ from zmq.utils.monitor import recv_monitor_message
 
 from protocol.address import is_ipv6_literal, parse_address, tcp_endpoint
 from protocol import (
-    MAX_INBOUND_TO_AGENT, MAX_INBOUND_TO_VIEWER, Bye, ClockOffset, Command, Credit, Error, ErrorCode, Event, Frame, Hello, Ping, Pong,
-    Progress, ProtocolError, Result, Sequencer, Welcome, clock_sample, decode, encode, unpack_array,
+    MAX_INBOUND_TO_AGENT, MAX_INBOUND_TO_VIEWER, Bye, ClockOffset, Command, Credit, Error, ErrorCode, Event,
+    Frame, Hello, Ping, Pong, Progress, ProtocolError, Result, Sequencer, Welcome, clock_sample, decode, encode,
+    unpack_array,
 )
 from protocol.limits import MAX_MESSAGE_SIZE
 
@@ -350,9 +351,10 @@ class AgentClient(TypedCommands):
         command = Command(id=command_id, name=name, args=args or {}, expires_ns=expires)
         pending = PendingCommand(id=command_id, name=name, future=Future(), on_progress=on_progress,
                                  deadline=time.monotonic() + max(ttl, 0.0) + REPLY_GRACE_S, command=command)
-        problem = self._unsendable(command)
         if self._stop.is_set():
             problem = "closed", f"the client for {self.address} is closed; {name} was not sent"
+        else:
+            problem = self._unsendable(command)
         if problem is not None:
             pending.future.set_exception(command_error(*problem))
             return pending
@@ -380,15 +382,13 @@ class AgentClient(TypedCommands):
             data = encode(command)
         except (TypeError, ValueError, OverflowError) as exc:
             return ErrorCode.BAD_ARGUMENT, f"{command.name}: arguments cannot be encoded ({exc})"
-        size = len(data)
-        if size <= MAX_MESSAGE_SIZE["command"]:
-            try:
-                decode(data, max_size=MAX_INBOUND_TO_AGENT)
-            except ProtocolError as exc:
-                return ErrorCode.BAD_ARGUMENT, f"{command.name!r}: the agent could not read it ({exc.message})"
-        if size > MAX_MESSAGE_SIZE["command"]:
-            return ErrorCode.TOO_LARGE, (f"{command.name}: {size} bytes exceeds the command limit of "
+        if len(data) > MAX_MESSAGE_SIZE["command"]:
+            return ErrorCode.TOO_LARGE, (f"{command.name}: {len(data)} bytes exceeds the command limit of "
                                          f"{MAX_MESSAGE_SIZE['command']} bytes")
+        try:
+            decode(data, max_size=MAX_INBOUND_TO_AGENT)
+        except ProtocolError as exc:
+            return ErrorCode.BAD_ARGUMENT, f"{command.name!r}: the agent could not read it ({exc.message})"
         return None
 
     def command(self, name: str, args: dict | None = None, *, timeout: float = 5.0,

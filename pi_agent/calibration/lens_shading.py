@@ -300,8 +300,9 @@ def full_field_source(source: FrameSource) -> tuple[FrameSource, dict[str, Any]]
     log.info("lens shading: %s", why)
     geometry = {"coordinates": "full pixel array", "full_array": list(full), "measured_size": list(still_mode.size),
                 "measured_crop": list(still_mode.crop)}
-    return StillFrameSource(camera, source.min_frame_timeout), {"switched": True, "mode": list(still_mode.size), "stream_mode": list(mode.size),
-                                      "why": why, "geometry": geometry}
+    still = StillFrameSource(camera, source.min_frame_timeout)
+    return still, {"switched": True, "mode": list(still_mode.size), "stream_mode": list(mode.size), "why": why,
+                   "geometry": geometry}
 
 
 # ---------------------------------------------------------------------------------------------- the step
